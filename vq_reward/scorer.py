@@ -1,0 +1,305 @@
+"""`VisualQualityScorer`: VisualQuality-R1 as a deterministic, batched, one-forward image-quality scorer.
+
+The hot path (`score`): canonical RGB images sized by Qwen's smart-resize rule -> the VisualQuality-R1
+non-thinking prompt with the answer prefix `<answer>` forced -> one left-padded batched forward that keeps only the
+last position's logits -> softmax over the digit tokens "1".."5" -> expected score in [1, 5]. No sampling, so an
+image always gets the same score, whatever else is in its batch.
+
+`generate` is the reference "generate, then parse" path of the official README, and thinking mode, which also
+returns the model's reasoning. Both use the one parser in `vq_reward.parsing`.
+"""
+
+import importlib.util
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
+
+from vq_reward import prompts
+from vq_reward.images import MAX_INPUT_PIXELS, Images, resize_for_model, to_rgb_images
+from vq_reward.parsing import parse_answer
+
+
+DIGITS = ("1", "2", "3", "4", "5")
+
+
+@dataclass(frozen=True)
+class ScoreDetails:
+    """The single-token readout of a batch of images, in input order.
+
+    Attributes:
+        scores: `(N,)` expected score, `sum_k k * probs[:, k-1]`, in [1, 5].
+        probs: `(N, 5)` softmax over the logits of the tokens "1".."5" only.
+        digit_mass: `(N,)` the probability of those five tokens among *all* tokens. A fine-tuned checkpoint puts
+            nearly all its mass there after `<answer>`; a low value means the prefix or checkpoint does not fit the
+            readout (a health figure, not part of the score).
+    """
+
+    scores: torch.Tensor
+    probs: torch.Tensor
+    digit_mass: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Rating:
+    """One generated answer.
+
+    Attributes:
+        score: the parsed score clipped into [1, 5]; `None` when the answer holds no number (never made up).
+        raw_score: the number as the model wrote it, before clipping (e.g. 7.0 or -1.0); `None` likewise.
+        reasoning: the text of the last `<think>` block (thinking mode), else `None`.
+        text: the whole decoded completion.
+    """
+
+    score: float | None
+    raw_score: float | None
+    reasoning: str | None
+    text: str
+
+
+class VisualQualityScorer:
+    """Score image quality from 1 (very poor) to 5 (excellent) with a VisualQuality-R1 checkpoint.
+
+    The constructor takes a ready model and processor and touches no network; `from_pretrained` does the loading.
+
+    Args:
+        model: a Qwen2.5-VL image-text-to-text model (the VisualQuality-R1 checkpoints are).
+        processor: its processor. Its pixel budget (`image_processor.size`) is the one images are resized to.
+        question: the question text; the VisualQuality-R1 prompt by default.
+        system: a system prompt; `None` keeps the chat template's default, as in the official training.
+        answer_prefix: text forced after the assistant turn starts, so the next token is the score's first digit.
+        batch_size: images per forward pass, unless a call says otherwise.
+        add_vision_id: label images "Picture 1: " (the official README does, the official training does not).
+        max_input_pixels: larger inputs are refused before decoding (decompression-bomb guard).
+
+    Example:
+        >>> scorer = VisualQualityScorer.from_pretrained("TianheWu/VisualQuality-R1-7B", device="cuda")  # doctest: +SKIP
+        >>> scorer.score(["a.png", "b.jpg"])  # doctest: +SKIP
+        tensor([3.8125, 2.1406])
+    """
+
+    score_range = (1.0, 5.0)
+    higher_is_better = True
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        processor: ProcessorMixin,
+        *,
+        question: str = prompts.QUALITY_QUESTION,
+        system: str | None = None,
+        answer_prefix: str = prompts.ANSWER_PREFIX,
+        batch_size: int = 8,
+        add_vision_id: bool = False,
+        max_input_pixels: int = MAX_INPUT_PIXELS,
+    ) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.processor = processor
+        self.question = question
+        self.system = system
+        self.answer_prefix = answer_prefix
+        self.batch_size = batch_size
+        self.add_vision_id = add_vision_id
+        self.max_input_pixels = max_input_pixels
+        self.digit_ids = _single_token_ids(processor.tokenizer, DIGITS)
+        # Reward loops call from worker threads; one forward at a time keeps the model's state consistent.
+        self._lock = threading.RLock()
+        self._prompt_cache: dict[bool, str] = {}
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_id_or_path: str | os.PathLike,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        attn_implementation: str = "sdpa",
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        revision: str | None = None,
+        **scorer_kwargs,
+    ) -> "VisualQualityScorer":
+        """Load a checkpoint from the Hugging Face hub or a local folder.
+
+        Args:
+            model_id_or_path: e.g. "TianheWu/VisualQuality-R1-7B", or a folder written by `save_pretrained` or
+                `vq-reward make-tiny`.
+            device: where the model runs; you choose, nothing is picked for you.
+            dtype: `None` means bfloat16 on CUDA and float32 elsewhere.
+            attn_implementation: "sdpa" (default, everywhere), "flash_attention_2" (CUDA, `pip install
+                'vq-reward[flash]'`) or "eager".
+            min_pixels / max_pixels: the pixel budget images are resized into; `None` keeps the checkpoint's
+                (3136 / 12845056 for the 7B checkpoints).
+            revision: a hub revision (branch, tag or commit).
+            **scorer_kwargs: passed to the constructor (`question`, `batch_size`, ...).
+        """
+        if attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            raise ImportError(
+                "attn_implementation='flash_attention_2' needs flash-attn: pip install 'vq-reward[flash]' on a CUDA "
+                "machine, or use attn_implementation='sdpa'."
+            )
+        device = torch.device(device)
+        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        budget = {key: value for key, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if value}
+        processor = AutoProcessor.from_pretrained(model_id_or_path, revision=revision, padding_side="left", **budget)
+        # Hub configs can silently override a `size` argument; make sure the budget asked for is the one in force.
+        size = processor.image_processor.size
+        for key, edge in (("min_pixels", "shortest_edge"), ("max_pixels", "longest_edge")):
+            if key in budget and size[edge] != budget[key]:
+                raise RuntimeError(f"asked for {key}={budget[key]} but the processor uses {size[edge]}")
+        model = AutoModelForImageTextToText.from_pretrained(
+            model_id_or_path, revision=revision, dtype=dtype, attn_implementation=attn_implementation
+        ).to(device)
+        return cls(model, processor, **scorer_kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def min_pixels(self) -> int:
+        return int(self.processor.image_processor.size["shortest_edge"])
+
+    @property
+    def max_pixels(self) -> int:
+        return int(self.processor.image_processor.size["longest_edge"])
+
+    def to(self, device: str | torch.device) -> "VisualQualityScorer":
+        """Move the model to `device` and return the scorer."""
+        with self._lock:
+            self.model.to(device)
+        return self
+
+    def prepare(self, images: Images, input_range: tuple[float, float] = (0.0, 1.0)) -> list[Image.Image]:
+        """The canonical form of `images`: RGB PIL images at the size the model sees (see `vq_reward.images`)."""
+        rgb = to_rgb_images(images, input_range=input_range, max_input_pixels=self.max_input_pixels)
+        return [resize_for_model(image, self.min_pixels, self.max_pixels) for image in rgb]
+
+    def score(
+        self, images: Images, batch_size: int | None = None, input_range: tuple[float, float] = (0.0, 1.0)
+    ) -> torch.Tensor:
+        """Expected quality score of each image, a float32 CPU tensor of shape `(N,)` in [1, 5].
+
+        Args:
+            images: a path, PIL image, numpy HWC/NHWC array, torch NCHW/CHW tensor, or a list mixing these.
+            batch_size: images per forward pass (the scorer's default when `None`). Images are sorted by size
+                inside the call so batches pad little; results come back in input order.
+            input_range: value range of float arrays and tensors, (0, 1) or (-1, 1) for raw VAE output.
+
+        Example:
+            >>> scorer.score(torch.rand(2, 3, 224, 224))  # doctest: +SKIP
+            tensor([2.9731, 3.0112])
+        """
+        return self.score_details(images, batch_size=batch_size, input_range=input_range).scores
+
+    __call__ = score
+
+    def score_details(
+        self, images: Images, batch_size: int | None = None, input_range: tuple[float, float] = (0.0, 1.0)
+    ) -> ScoreDetails:
+        """Like `score`, with the digit distribution and its probability mass (see `ScoreDetails`)."""
+        prepared = self.prepare(images, input_range=input_range)
+        logits = torch.empty(len(prepared), len(self.digit_ids))
+        mass = torch.empty(len(prepared))
+        for indices in self._size_sorted_batches(prepared, batch_size):
+            last = self._last_logits([prepared[i] for i in indices])
+            logits[indices] = last[:, self.digit_ids].cpu()
+            mass[indices] = last.softmax(-1)[:, self.digit_ids].sum(-1).cpu()
+        probs = logits.softmax(-1)
+        scores = probs @ torch.arange(1.0, len(DIGITS) + 1.0)
+        return ScoreDetails(scores=scores, probs=probs, digit_mass=mass)
+
+    def generate(
+        self,
+        images: Images,
+        thinking: bool = False,
+        *,
+        batch_size: int | None = None,
+        do_sample: bool = True,
+        temperature: float | None = None,
+        top_k: int | None = 50,
+        top_p: float | None = 1.0,
+        max_new_tokens: int | None = None,
+        input_range: tuple[float, float] = (0.0, 1.0),
+    ) -> list[Rating]:
+        """Generate an answer per image and parse it: the official README's path, and thinking mode.
+
+        The defaults are the README's: sampling with top_k=50, top_p=1 and the checkpoint's temperature, up to 2048
+        new tokens with thinking and 512 without. Pass `do_sample=False` for greedy decoding. Unlike `score`, a
+        sampled answer changes from call to call; use it for reasoning, or for parity with the official numbers.
+
+        Returns:
+            One `Rating` per image, in input order. An answer without a number has `score=None`.
+        """
+        prepared = self.prepare(images, input_range=input_range)
+        settings: dict = {"do_sample": do_sample, "max_new_tokens": max_new_tokens or (2048 if thinking else 512)}
+        if do_sample:
+            settings.update(
+                {k: v for k, v in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p)) if v is not None}
+            )
+        texts: list[str] = [""] * len(prepared)
+        for indices in self._size_sorted_batches(prepared, batch_size):
+            for i, text in zip(indices, self._generate_texts([prepared[i] for i in indices], thinking, settings)):
+                texts[i] = text
+        return [_rating(text) for text in texts]
+
+    def _size_sorted_batches(self, images: list[Image.Image], batch_size: int | None) -> Iterator[list[int]]:
+        size = batch_size or self.batch_size
+        if size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {size}.")
+        order = sorted(range(len(images)), key=lambda i: images[i].width * images[i].height, reverse=True)
+        for start in range(0, len(order), size):
+            yield order[start : start + size]
+
+    def _prompt(self, thinking: bool) -> str:
+        if thinking not in self._prompt_cache:
+            message = prompts.image_message(prompts.quality_prompt(thinking, self.question), self.system)
+            self._prompt_cache[thinking] = self.processor.apply_chat_template(
+                message, tokenize=False, add_generation_prompt=True, add_vision_id=self.add_vision_id
+            )
+        return self._prompt_cache[thinking]
+
+    def _inputs(self, images: list[Image.Image], text: str) -> dict:
+        # The processor's whole output goes to the model: transformers 5 needs `mm_token_type_ids` for M-RoPE
+        # positions and silently computes wrong ones without it.
+        batch = self.processor(
+            text=[text] * len(images), images=images, padding=True, padding_side="left", return_tensors="pt"
+        )
+        return batch.to(self.device)
+
+    def _last_logits(self, images: list[Image.Image]) -> torch.Tensor:
+        inputs = self._inputs(images, self._prompt(thinking=False) + self.answer_prefix)
+        with self._lock, torch.inference_mode():
+            output = self.model(**inputs, logits_to_keep=1, use_cache=False)
+        return output.logits[:, -1].float()
+
+    def _generate_texts(self, images: list[Image.Image], thinking: bool, settings: dict) -> list[str]:
+        inputs = self._inputs(images, self._prompt(thinking))
+        with self._lock, torch.inference_mode():
+            output = self.model.generate(**inputs, **settings)
+        completions = output[:, inputs["input_ids"].shape[1] :]
+        return self.processor.batch_decode(completions, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def _rating(text: str) -> Rating:
+    parsed = parse_answer(text)
+    low, high = VisualQualityScorer.score_range
+    score = None if parsed.score is None else min(max(parsed.score, low), high)
+    return Rating(score=score, raw_score=parsed.score, reasoning=parsed.reasoning, text=text)
+
+
+def _single_token_ids(tokenizer, texts: tuple[str, ...]) -> list[int]:
+    ids = []
+    for text in texts:
+        encoded = tokenizer.encode(text, add_special_tokens=False)
+        if len(encoded) != 1:
+            raise ValueError(
+                f"The tokenizer splits {text!r} into {len(encoded)} tokens; the single-token readout needs each digit "
+                "1-5 to be one token, as in Qwen2/Qwen2.5 tokenizers. Use a Qwen2.5-VL based checkpoint."
+            )
+        ids.extend(encoded)
+    return ids
