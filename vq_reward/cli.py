@@ -1,13 +1,14 @@
 """The `vq-reward` command: score images, build the tiny smoke checkpoint, benchmark.
 
-    vq-reward score PATHS_OR_DIRS --model tiny --output results.jsonl      # offline smoke model
-    vq-reward score PATHS_OR_DIRS --model TianheWu/VisualQuality-R1-7B --device cuda --output results.jsonl
-    vq-reward make-tiny PATH
-    vq-reward bench --model tiny
+vq-reward score PATHS_OR_DIRS --model tiny --output results.jsonl      # offline smoke model
+vq-reward score PATHS_OR_DIRS --model TianheWu/VisualQuality-R1-7B --device cuda --output results.jsonl
+vq-reward make-tiny PATH
+vq-reward bench --model tiny
 """
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = commands.add_parser("bench", help="score() vs the reference generate+parse path: images/s and memory")
     _add_model_arguments(bench)
     bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
-    bench.add_argument("--num-images", type=int, default=32)
+    bench.add_argument("--num-images", type=int, default=64)
     bench.add_argument("--answer-tokens", type=int, default=10, help="tokens the reference path generates")
     bench.set_defaults(run=_bench)
 
@@ -77,12 +78,13 @@ def load_scorer(args: argparse.Namespace, batch_size: int = 8):
 
 
 def _score(args: argparse.Namespace) -> int:
-    from vq_reward.score_files import find_images, score_files
+    from vq_reward.score_files import already_done, find_images, score_files
 
     paths = find_images(args.paths)
     if not paths:
         print(f"No image files found in {args.paths}.", file=sys.stderr)
         return 2
+    already_done(Path(args.output), args.model, args.retry_errors)  # refuse a mismatched file before loading
     scorer = load_scorer(args, args.batch_size)
     summary = score_files(
         scorer,
@@ -115,7 +117,13 @@ def _bench(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         answer_tokens=args.answer_tokens,
     )
-    print(f"model={args.model} device={args.device} images={args.num_images} (512x384) answer_tokens={args.answer_tokens}")
+    print(
+        f"model={args.model} device={args.device} images={args.num_images} (512x384) "
+        f"answer_tokens={args.answer_tokens}"
+    )
     print(format_table(cells))
     return 0
 
+
+if __name__ == "__main__":
+    sys.exit(main())

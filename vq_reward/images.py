@@ -35,7 +35,9 @@ class ImageInputError(ValueError):
     """An input that cannot be scored. The message names the input and says how to fix it."""
 
 
-def smart_resize(height: int, width: int, min_pixels: int, max_pixels: int, factor: int = PATCH_FACTOR) -> tuple[int, int]:
+def smart_resize(
+    height: int, width: int, min_pixels: int, max_pixels: int, factor: int = PATCH_FACTOR
+) -> tuple[int, int]:
     """Qwen2-VL's resize rule: sides rounded to multiples of `factor`, pixel count kept in [min_pixels, max_pixels].
 
     The aspect ratio is kept as closely as the multiples allow. Same algorithm as the Qwen2-VL image processor, so
@@ -98,7 +100,9 @@ def to_rgb_images(
     return converted
 
 
-def load_image(path: str | os.PathLike, name: str | None = None, max_input_pixels: int = MAX_INPUT_PIXELS) -> Image.Image:
+def load_image(
+    path: str | os.PathLike, name: str | None = None, max_input_pixels: int = MAX_INPUT_PIXELS
+) -> Image.Image:
     """Read an image file into RGB, refusing empty, unreadable, corrupt and oversized files with a clear message."""
     name = name or repr(str(path))
     file = Path(path)
@@ -167,7 +171,11 @@ def _array_to_images(array: np.ndarray, name: str, input_range: tuple[float, flo
     if array.ndim == 3:
         array = array[None]
     if array.ndim != 4 or array.shape[-1] not in (1, 3, 4):
-        hint = " It looks channels-first; use array.transpose(1, 2, 0)." if array.ndim == 4 and array.shape[1] in (1, 3) else ""
+        hint = (
+            " It looks channels-first; use array.transpose(1, 2, 0)."
+            if array.ndim == 4 and array.shape[1] in (1, 3)
+            else ""
+        )
         raise ImageInputError(
             f"{name} has shape {tuple(array.shape)}; numpy images must be HWC or NHWC with 1, 3 or 4 channels.{hint}"
         )
@@ -181,15 +189,25 @@ def _array_to_images(array: np.ndarray, name: str, input_range: tuple[float, flo
             "(e.g. array.astype(np.float32) / 65535 for 16-bit data)."
         )
     modes = {1: "L", 3: "RGB", 4: "RGBA"}
-    return [pil_to_rgb(Image.fromarray(np.ascontiguousarray(image.squeeze(-1) if image.shape[-1] == 1 else image),
-                                      mode=modes[image.shape[-1]])) for image in pixels]
+    return [
+        pil_to_rgb(
+            Image.fromarray(
+                np.ascontiguousarray(image.squeeze(-1) if image.shape[-1] == 1 else image), mode=modes[image.shape[-1]]
+            )
+        )
+        for image in pixels
+    ]
 
 
 def _tensor_to_images(tensor: torch.Tensor, name: str, input_range: tuple[float, float]) -> list[Image.Image]:
     if tensor.ndim == 3:
         tensor = tensor[None]
     if tensor.ndim != 4 or tensor.shape[1] not in (1, 3):
-        hint = " It looks channels-last; use tensor.permute(0, 3, 1, 2)." if tensor.ndim == 4 and tensor.shape[-1] in (1, 3) else ""
+        hint = (
+            " It looks channels-last; use tensor.permute(0, 3, 1, 2)."
+            if tensor.ndim == 4 and tensor.shape[-1] in (1, 3)
+            else ""
+        )
         raise ImageInputError(
             f"{name} has shape {tuple(tensor.shape)}; torch images must be NCHW or CHW with 1 or 3 channels.{hint}"
         )

@@ -15,7 +15,9 @@ THINKING_TEMPLATE = (
     "{Question} First output the thinking process in <think> </think> tags and then output the final answer with "
     "only one score in <answer> </answer> tags."
 )
-NON_THINKING_TEMPLATE = "{Question} Please only output the final answer with only one score in <answer> </answer> tags."
+NON_THINKING_TEMPLATE = (
+    "{Question} Please only output the final answer with only one score in <answer> </answer> tags."
+)
 
 # Q-Insight (bytedance/Q-Insight): one system prompt for every task, then one question per task.
 QINSIGHT_SYSTEM = (

@@ -53,13 +53,15 @@ def score_files(
 ) -> RunSummary:
     """Score `paths` into the JSONL file `output`, resuming what an earlier run with the same model began."""
     output = Path(output)
-    done = _already_done(output, model_name, retry_errors)
+    done = already_done(output, model_name, retry_errors)
     todo = [path for path in paths if path not in done]
     chunk = 4 * (batch_size or scorer.batch_size)  # lines reach the disk at least this often
     scored = errors = 0
     with open(output, "a", encoding="utf-8") as sink, tqdm(total=len(todo), disable=not progress, unit="img") as bar:
         for start in range(0, len(todo), chunk):
-            lines = _score_chunk(scorer, todo[start : start + chunk], model_name, thinking, batch_size, generate_kwargs)
+            lines = _score_chunk(
+                scorer, todo[start : start + chunk], model_name, thinking, batch_size, generate_kwargs
+            )
             sink.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
             sink.flush()
             os.fsync(sink.fileno())
@@ -87,7 +89,7 @@ def _score_chunk(
             lines[path] = {"path": path, "model": model_name, "error": str(error)}
     if readable and thinking:
         ratings = scorer.generate(images, thinking=True, batch_size=batch_size, **(generate_kwargs or {}))
-        for path, rating in zip(readable, ratings):
+        for path, rating in zip(readable, ratings, strict=True):
             lines[path] = {"path": path, "model": model_name, "score": rating.score, "raw_score": rating.raw_score,
                            "reasoning": rating.reasoning, "text": rating.text}  # fmt: skip
     elif readable:
@@ -99,7 +101,7 @@ def _score_chunk(
     return [lines[path] for path in paths]
 
 
-def _already_done(output: Path, model_name: str, retry_errors: bool) -> set[str]:
+def already_done(output: Path, model_name: str, retry_errors: bool) -> set[str]:
     """Paths the file already answers for; drops a torn last line left by a killed run."""
     if not output.exists():
         return set()

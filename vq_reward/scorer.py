@@ -77,7 +77,7 @@ class VisualQualityScorer:
         max_input_pixels: larger inputs are refused before decoding (decompression-bomb guard).
 
     Example:
-        >>> scorer = VisualQualityScorer.from_pretrained("TianheWu/VisualQuality-R1-7B", device="cuda")  # doctest: +SKIP
+        >>> scorer = VisualQualityScorer.from_pretrained("TianheWu/VisualQuality-R1-7B")  # doctest: +SKIP
         >>> scorer.score(["a.png", "b.jpg"])  # doctest: +SKIP
         tensor([3.8125, 2.1406])
     """
@@ -243,12 +243,13 @@ class VisualQualityScorer:
             )
         texts: list[str] = [""] * len(prepared)
         for indices in self._size_sorted_batches(prepared, batch_size):
-            for i, text in zip(indices, self._generate_texts([prepared[i] for i in indices], thinking, settings)):
+            batch = [prepared[i] for i in indices]
+            for i, text in zip(indices, self._generate_texts(batch, thinking, settings), strict=True):
                 texts[i] = text
         return [_rating(text) for text in texts]
 
     def _size_sorted_batches(self, images: list[Image.Image], batch_size: int | None) -> Iterator[list[int]]:
-        size = batch_size or self.batch_size
+        size = self.batch_size if batch_size is None else batch_size
         if size < 1:
             raise ValueError(f"batch_size must be at least 1, got {size}.")
         order = sorted(range(len(images)), key=lambda i: images[i].width * images[i].height, reverse=True)

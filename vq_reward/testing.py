@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import (
     AddedToken,
     GenerationConfig,
@@ -31,7 +31,8 @@ TINY_MAX_PIXELS = 64 * 28 * 28  # at most 64 image tokens, so CPU tests stay fas
 
 # Qwen2's pre-tokenizer split rule (single digits, letters with one leading non-letter, punctuation runs).
 _QWEN_SPLIT = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
+    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 _SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
@@ -104,7 +105,9 @@ def tiny_checkpoint(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def _build_tokenizer() -> Qwen2Tokenizer:
-    bpe = Tokenizer(models.BPE(unk_token=None, continuing_subword_prefix="", end_of_word_suffix="", byte_fallback=False))
+    bpe = Tokenizer(
+        models.BPE(unk_token=None, continuing_subword_prefix="", end_of_word_suffix="", byte_fallback=False)
+    )
     bpe.normalizer = normalizers.NFC()
     bpe.pre_tokenizer = pre_tokenizers.Sequence(
         [

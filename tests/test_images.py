@@ -1,0 +1,143 @@
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from conftest import noise_image
+from PIL import Image
+from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as hf_smart_resize
+
+from vq_reward.images import ImageInputError, load_image, pil_to_rgb, smart_resize, to_rgb_images
+
+
+@pytest.mark.parametrize("height", [28, 29, 41, 55, 100, 384, 512, 777, 1080, 4000])
+@pytest.mark.parametrize("width", [28, 33, 56, 97, 384, 640, 1920, 3001])
+@pytest.mark.parametrize("budget", [(3136, 12845056), (3136, 50176), (65536, 401408)])
+def test_smart_resize_matches_the_qwen_processor(height, width, budget):
+    assert smart_resize(height, width, *budget) == hf_smart_resize(height, width, 28, *budget)
+
+
+def rgb_of(image):
+    return np.asarray(pil_to_rgb(image))
+
+
+def test_pil_modes_become_rgb_correctly():
+    assert rgb_of(Image.new("L", (30, 30), 77))[0, 0].tolist() == [77, 77, 77]
+    assert rgb_of(Image.new("CMYK", (30, 30), (0, 0, 0, 0)))[0, 0].tolist() == [255, 255, 255]
+    # Transparency is composited onto white, not dropped to whatever colour hides under it.
+    assert rgb_of(Image.new("RGBA", (30, 30), (10, 20, 30, 0)))[0, 0].tolist() == [255, 255, 255]
+    assert rgb_of(Image.new("RGBA", (30, 30), (10, 20, 30, 255)))[0, 0].tolist() == [10, 20, 30]
+    assert rgb_of(Image.new("LA", (30, 30), (0, 0)))[0, 0].tolist() == [255, 255, 255]
+    palette = Image.new("P", (30, 30), 1)
+    palette.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)
+    assert rgb_of(palette)[0, 0].tolist() == [200, 100, 50]
+    palette.info["transparency"] = 1
+    assert rgb_of(palette)[0, 0].tolist() == [255, 255, 255]
+    # 16-bit gray is scaled to 8 bits, not clipped at 255.
+    sixteen = Image.frombytes("I;16", (30, 30), np.full((30, 30), 65535, "<u2").tobytes())
+    assert rgb_of(sixteen)[0, 0].tolist() == [255, 255, 255]
+    half = Image.frombytes("I;16", (30, 30), np.full((30, 30), 32896, "<u2").tobytes())
+    assert rgb_of(half)[0, 0].tolist() == [128, 128, 128]
+    assert pil_to_rgb(Image.new("RGB", (30, 30))).mode == "RGB"
+
+
+def test_sixteen_bit_png_file(tmp_path):
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.full((40, 40), 65535, dtype=np.uint16)).save(path)
+    assert np.asarray(load_image(path))[0, 0].tolist() == [255, 255, 255]
+
+
+def test_every_kind_gives_the_same_pixels(tmp_path):
+    image = noise_image(64, 48)
+    pixels = np.array(image)
+    image.save(tmp_path / "x.png")
+    unit = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255
+    kinds = [
+        tmp_path / "x.png",
+        str(tmp_path / "x.png"),
+        image,
+        pixels,
+        pixels[None],
+        pixels.astype(np.float32) / 255,
+        unit,
+        unit[None],
+        (unit * 255).round().to(torch.uint8),
+    ]
+    for kind in kinds:
+        (converted,) = to_rgb_images(kind)
+        assert np.array_equal(np.asarray(converted), pixels), type(kind)
+    (from_vae,) = to_rgb_images(unit * 2 - 1, input_range=(-1, 1))
+    assert np.array_equal(np.asarray(from_vae), pixels)
+    assert len(to_rgb_images([image, unit[None].repeat(3, 1, 1, 1), pixels])) == 5
+
+
+def test_grayscale_tensor_and_array():
+    gray = to_rgb_images(torch.full((1, 1, 30, 30), 0.5))[0]
+    assert np.asarray(gray)[0, 0].tolist() == [128, 128, 128]
+    assert np.asarray(to_rgb_images(np.full((30, 30), 9, np.uint8))[0])[0, 0].tolist() == [9, 9, 9]
+
+
+def png_header_only(path, width, height):
+    """A PNG that declares its size but holds no pixels: what a decompression bomb looks like before decoding."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path
+
+
+def test_bad_files_name_the_file_and_the_fix(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.png").write_text("hello, not an image")
+    noise_image(64, 64).save(tmp_path / "whole.jpg")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes()[:300])
+    cases = {
+        "empty.png": r"empty\.png' is empty \(0 bytes\)",
+        "notes.png": r"notes\.png' is not an image Pillow can read",
+        "cut.jpg": r"cut\.jpg' is corrupt or truncated",
+        "missing.png": r"missing\.png': no such file",
+    }
+    for name, message in cases.items():
+        with pytest.raises(ImageInputError, match=message):
+            to_rgb_images(tmp_path / name)
+
+
+def test_oversized_inputs_are_refused_before_decoding(tmp_path):
+    with pytest.raises(ImageInputError, match=r"bomb\.png' is 10000x10000 = 100,000,000 pixels, over the 89,478,485"):
+        to_rgb_images(png_header_only(tmp_path / "bomb.png", 10_000, 10_000))
+    with pytest.raises(ImageInputError, match=r"huge\.png' is too large to decode safely"):
+        to_rgb_images(png_header_only(tmp_path / "huge.png", 40_000, 40_000))  # past Pillow's own hard limit
+    with pytest.raises(ImageInputError, match=r"is 300x200 = 60,000 pixels, over the 50,000-pixel limit"):
+        to_rgb_images(torch.zeros(3, 200, 300), max_input_pixels=50_000)
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        ([], r"No images given"),
+        (Image.new("RGB", (1, 1)), r"image is 1x1 pixels; both sides must be at least 28"),
+        (torch.zeros(3, 20, 500), r"is 500x20 pixels; both sides must be at least 28"),
+        (torch.zeros(3, 28, 6000), r"aspect ratio over 200"),
+        (torch.full((1, 3, 32, 32), float("nan")), r"contains NaN or infinite values"),
+        (torch.full((3, 32, 32), 1.5), r"values in \[1\.5, 1\.5\] but input_range=\(0\.0, 1\.0\)"),
+        (torch.full((3, 32, 32), -0.5), r"values in \[-0\.5, -0\.5\].*input_range=\(-1, 1\) for raw VAE"),
+        (torch.zeros(32, 32), r"has shape \(32, 32\); torch images must be NCHW or CHW"),
+        (torch.zeros(2, 32, 32, 3), r"has shape \(2, 32, 32, 3\).*use tensor\.permute\(0, 3, 1, 2\)"),
+        (torch.zeros(1, 1, 3, 32, 32), r"has shape \(1, 1, 3, 32, 32\)"),
+        (np.zeros((3, 32, 32), np.uint8), r"has shape \(1, 3, 32, 32\).*transpose"),
+        (np.zeros((32, 32, 3), np.int64), r"has dtype int64; pass uint8"),
+        ([Image.new("RGB", (32, 32)), 42], r"images\[1\] is a int"),
+        ({"a": 1}, r"images is a dict"),
+    ],
+)
+def test_bad_inputs_name_the_input_and_the_fix(images, message):
+    with pytest.raises(ImageInputError, match=message):
+        to_rgb_images(images)
+
+
+def test_position_in_a_list_is_named(tmp_path):
+    with pytest.raises(ImageInputError, match=r"images\[2\] \(torch \(3, 32, 32\) torch\.float32\) contains NaN"):
+        to_rgb_images([noise_image(32, 32), noise_image(40, 40), torch.full((3, 32, 32), float("nan"))])

@@ -1,0 +1,136 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import noise_image
+
+from vq_reward import Rating, VisualQualityScorer
+from vq_reward.prompts import NON_THINKING_TEMPLATE, QUALITY_QUESTION, THINKING_TEMPLATE
+
+
+MIXED_SIZES = [(64, 64), (200, 150), (300, 100), (56, 56), (120, 240), (90, 90)]
+
+
+def test_score_shape_range_and_attributes(scorer):
+    scores = scorer.score([noise_image(64, 64, seed=1), noise_image(96, 64, seed=2)])
+    assert scores.shape == (2,) and scores.dtype == torch.float32
+    assert ((scores >= 1) & (scores <= 5)).all()
+    assert VisualQualityScorer.score_range == (1.0, 5.0) and VisualQualityScorer.higher_is_better
+
+
+def test_details_are_a_distribution_and_its_expectation(scorer):
+    details = scorer.score_details([noise_image(64, 64, seed=s) for s in range(3)])
+    assert torch.allclose(details.probs.sum(-1), torch.ones(3))
+    assert torch.allclose(details.scores, details.probs @ torch.arange(1.0, 6.0))
+    assert ((details.digit_mass > 0) & (details.digit_mass < 1)).all()  # random weights: mass spread over the vocab
+
+
+def test_single_token_readout_matches_a_manual_forward(scorer):
+    # One forward of the chat prompt + "<answer>", softmax over the five digit tokens: the documented readout.
+    image = scorer.prepare(noise_image(80, 60))[0]
+    question = NON_THINKING_TEMPLATE.format(Question=QUALITY_QUESTION)
+    message = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    text = scorer.processor.apply_chat_template(message, tokenize=False, add_generation_prompt=True) + "<answer>"
+    inputs = scorer.processor(text=[text], images=[image], return_tensors="pt")
+    with torch.no_grad():
+        logits = scorer.model(**inputs).logits[0, -1]
+    digits = scorer.processor.tokenizer.convert_tokens_to_ids(list("12345"))
+    expected = (logits[digits].softmax(-1) * torch.arange(1.0, 6.0)).sum()
+    assert scorer.score(image).item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_batch_invariance_across_sizes(scorer):
+    images = [noise_image(w, h, seed=i) for i, (w, h) in enumerate(MIXED_SIZES)]
+    alone = torch.stack([scorer.score(image)[0] for image in images])
+    for batch_size in (2, 4, 6):
+        together = scorer.score(images, batch_size=batch_size)
+        assert (together - alone).abs().max() <= 1e-4
+    reordered = scorer.score(images[::-1], batch_size=6)
+    assert (reordered.flip(0) - alone).abs().max() <= 1e-4
+
+
+def test_deterministic_bit_for_bit(scorer, tiny_path):
+    images = [noise_image(w, h, seed=i) for i, (w, h) in enumerate(MIXED_SIZES)]
+    first = scorer.score(images, batch_size=3)
+    assert torch.equal(first, scorer.score(images, batch_size=3))
+    assert torch.equal(first, VisualQualityScorer.from_pretrained(tiny_path).score(images, batch_size=3))
+
+
+def test_every_input_kind_scores_the_same(scorer, tmp_path):
+    image = noise_image(100, 70, seed=5)
+    image.save(tmp_path / "x.png")
+    pixels = np.array(image)
+    unit = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255
+    kinds = [str(tmp_path / "x.png"), image, image.convert("RGBA"), pixels, pixels.astype(np.float64) / 255, unit,
+             unit[None]]  # fmt: skip
+    reference = scorer.score(image)
+    for kind in kinds:  # alone: the very same computation, so the very same bits
+        assert torch.equal(scorer.score(kind), reference)
+    assert (scorer.score(kinds) - reference).abs().max() <= 1e-4  # one mixed batch
+    assert torch.equal(scorer.score(unit * 2 - 1, input_range=(-1, 1)), reference)
+
+
+def test_resize_follows_the_pixel_budget(tiny_path):
+    scorer = VisualQualityScorer.from_pretrained(tiny_path, min_pixels=56 * 56, max_pixels=10 * 28 * 28)
+    assert (scorer.min_pixels, scorer.max_pixels) == (56 * 56, 10 * 28 * 28)
+    sizes = [im.size for im in scorer.prepare([noise_image(512, 384), noise_image(30, 30), noise_image(84, 56)])]
+    assert sizes == [(84, 56), (56, 56), (84, 56)]
+    assert all(w % 28 == 0 and h % 28 == 0 and 56 * 56 <= w * h <= 10 * 28 * 28 for w, h in sizes)
+
+
+def test_generate_parses_with_the_shared_parser(scorer):
+    ratings = scorer.generate([noise_image(64, 64), noise_image(90, 60)], max_new_tokens=6, do_sample=False)
+    assert len(ratings) == 2 and all(isinstance(r, Rating) for r in ratings)
+    for rating in ratings:
+        # A random model writes no <answer>: the score is reported missing, never made up.
+        assert rating.score is None and rating.raw_score is None and isinstance(rating.text, str)
+    greedy_again = scorer.generate([noise_image(64, 64), noise_image(90, 60)], max_new_tokens=6, do_sample=False)
+    assert [r.text for r in greedy_again] == [r.text for r in ratings]
+
+
+def test_thinking_and_plain_prompts_are_the_official_templates(scorer):
+    assert THINKING_TEMPLATE.format(Question=QUALITY_QUESTION) in scorer._prompt(thinking=True)
+    assert NON_THINKING_TEMPLATE.format(Question=QUALITY_QUESTION) in scorer._prompt(thinking=False)
+    sampled = scorer.generate(noise_image(64, 64), thinking=True, max_new_tokens=4, temperature=0.7, top_k=5)
+    assert len(sampled) == 1 and sampled[0].reasoning is None
+
+
+def test_out_of_range_answers_are_clipped_and_kept_raw():
+    from vq_reward.scorer import _rating
+
+    assert _rating("<answer>7.5</answer>") == Rating(
+        score=5.0, raw_score=7.5, reasoning=None, text="<answer>7.5</answer>"
+    )
+    assert _rating("<think>x</think><answer>-2</answer>").score == 1.0
+    assert _rating("<answer>n/a</answer>").score is None
+
+
+def test_custom_question(tiny_path):
+    scorer = VisualQualityScorer.from_pretrained(tiny_path, question="How sharp is this photo?")
+    assert "How sharp is this photo? Please only output" in scorer._prompt(thinking=False)
+
+
+def test_bad_batch_size(scorer):
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
+        scorer.score(noise_image(64, 64), batch_size=0)
+
+
+def test_flash_attention_missing_is_explained(tiny_path):
+    pytest.importorskip("torch")
+    if __import__("importlib").util.find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here")
+    with pytest.raises(ImportError, match=r"pip install 'vq-reward\[flash\]'"):
+        VisualQualityScorer.from_pretrained(tiny_path, attn_implementation="flash_attention_2")
+
+
+def test_import_does_not_pull_training_code():
+    code = (
+        "import sys, vq_reward\n"
+        "training = ('trl', 'peft', 'deepspeed', 'datasets')\n"  # (transformers itself imports accelerate)
+        "bad = [m for m in sys.modules if m.split('.')[0] in training or m.startswith('vq_reward.train')]\n"
+        "print(bad)\nsys.exit(bool(bad))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
