@@ -12,8 +12,9 @@ returns the model's reasoning. Both use the one parser in `vq_reward.parsing`.
 import importlib.util
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -22,6 +23,10 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedM
 from vq_reward import prompts
 from vq_reward.images import MAX_INPUT_PIXELS, Images, resize_for_model, to_rgb_images
 from vq_reward.parsing import parse_answer
+
+
+if TYPE_CHECKING:
+    from vq_reward.rewards import DifferentiableQualityReward, QualityReward, TrlQualityReward
 
 
 DIGITS = ("1", "2", "3", "4", "5")
@@ -109,6 +114,10 @@ class VisualQualityScorer:
         # Reward loops call from worker threads; one forward at a time keeps the model's state consistent.
         self._lock = threading.RLock()
         self._prompt_cache: dict[bool, str] = {}
+        # How `from_pretrained` loaded this scorer (model id and arguments, no device): reward adapters pickle this
+        # instead of the weights and load a copy lazily in the process that unpickles them.
+        self._load_args: tuple[str, dict[str, Any]] | None = None
+        self._onload_device: torch.device | None = None
 
     @classmethod
     def from_pretrained(
@@ -142,6 +151,8 @@ class VisualQualityScorer:
                 "attn_implementation='flash_attention_2' needs flash-attn: pip install 'vq-reward[flash]' on a CUDA "
                 "machine, or use attn_implementation='sdpa'."
             )
+        # Recorded before the defaults resolve, so a lazily loaded copy on another device gets that device's dtype.
+        load_kwargs = {"dtype": dtype, "attn_implementation": attn_implementation, "revision": revision}
         device = torch.device(device)
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         budget = {key: value for key, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if value}
@@ -154,7 +165,9 @@ class VisualQualityScorer:
         model = AutoModelForImageTextToText.from_pretrained(
             model_id_or_path, revision=revision, dtype=dtype, attn_implementation=attn_implementation
         ).to(device)
-        return cls(model, processor, **scorer_kwargs)
+        scorer = cls(model, processor, **scorer_kwargs)
+        scorer._load_args = (str(model_id_or_path), {**load_kwargs, **budget, **scorer_kwargs})
+        return scorer
 
     @property
     def device(self) -> torch.device:
@@ -173,6 +186,84 @@ class VisualQualityScorer:
         with self._lock:
             self.model.to(device)
         return self
+
+    def offload(self) -> "VisualQualityScorer":
+        """Move the model to CPU memory and free its accelerator memory; `onload()` brings it back.
+
+        For RL loops that share a GPU between the policy and the reward: offload while the policy trains, onload
+        before scoring. The dtype is kept (bf16 stays bf16). A no-op for a model already on CPU.
+
+        Example:
+            >>> scorer.offload()  # doctest: +SKIP
+            >>> ...  # policy update with the freed GPU memory
+            >>> scores = scorer.onload().score(images)  # doctest: +SKIP
+        """
+        with self._lock:
+            device = self.device
+            if device.type != "cpu":
+                self._onload_device = device
+                self.model.to("cpu")
+                backend = getattr(torch, device.type, None)
+                if hasattr(backend, "empty_cache"):
+                    backend.empty_cache()
+        return self
+
+    def onload(self, device: str | torch.device | None = None) -> "VisualQualityScorer":
+        """Move the model back to the device it was offloaded from, or to `device` when given."""
+        with self._lock:
+            target = device if device is not None else self._onload_device
+            if target is not None:
+                self.model.to(target)
+                self._onload_device = None
+        return self
+
+    def as_reward(self, input_range: tuple[float, float] = (0.0, 1.0), rescale: bool = False) -> "QualityReward":
+        """A DDPO / Flow-GRPO / DanceGRPO reward: `fn(images, prompts, metadata) -> (np.float32[N], info)`.
+
+        Takes diffusers `output_type="pt"` tensors (NCHW in [0, 1]), raw VAE output with `input_range=(-1, 1)`,
+        numpy NHWC or PIL lists; thread-safe; `rescale=True` maps the 1..5 score to [0, 1]. See
+        `vq_reward.rewards.QualityReward`.
+
+        Example:
+            >>> reward_fn = scorer.as_reward()  # doctest: +SKIP
+            >>> scores, info = reward_fn(pipe(prompts, output_type="pt").images, prompts, metadata)  # doctest: +SKIP
+        """
+        from vq_reward.rewards import QualityReward
+
+        return QualityReward(self, input_range=input_range, rescale=rescale)
+
+    def as_differentiable_reward(
+        self, input_range: tuple[float, float] = (0.0, 1.0), gradient_checkpointing: bool = False
+    ) -> "DifferentiableQualityReward":
+        """A DRaFT / AlignProp / ReFL reward: `fn(images: Tensor[N, 3, H, W]) -> Tensor[N]` with a graph to the pixels.
+
+        The model stays frozen; see `vq_reward.rewards.DifferentiableQualityReward` for the memory notes.
+
+        Example:
+            >>> reward_fn = scorer.as_differentiable_reward(input_range=(-1, 1))  # doctest: +SKIP
+            >>> loss = -reward_fn(vae.decode(latents / scale).sample).mean()  # doctest: +SKIP
+        """
+        from vq_reward.rewards import DifferentiableQualityReward
+
+        return DifferentiableQualityReward(
+            self, input_range=input_range, gradient_checkpointing=gradient_checkpointing
+        )
+
+    def as_trl_reward(
+        self, image_key: str | None = "image", image_fn: Callable[..., Sequence[Any]] | None = None
+    ) -> "TrlQualityReward":
+        """A `trl.GRPOTrainer` reward function, named "visual_quality"; see `vq_reward.rewards.TrlQualityReward`.
+
+        Images come from the dataset or rollout column `image_key`, or from `image_fn(prompts=..., completions=[text,
+        ...], **columns)`, which turns completions into images (returning `None` for any it cannot render).
+
+        Example:
+            >>> reward = scorer.as_trl_reward(image_key=None, image_fn=render)  # doctest: +SKIP
+            >>> trainer = GRPOTrainer(model=policy, reward_funcs=[reward], ...)  # doctest: +SKIP
+        """
+        from vq_reward.rewards import TrlQualityReward
+
+        return TrlQualityReward(self, image_key=image_key, image_fn=image_fn)
 
     def prepare(self, images: Images, input_range: tuple[float, float] = (0.0, 1.0)) -> list[Image.Image]:
         """The canonical form of `images`: RGB PIL images at the size the model sees (see `vq_reward.images`)."""
