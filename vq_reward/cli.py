@@ -4,6 +4,7 @@ vq-reward score PATHS_OR_DIRS --model tiny --output results.jsonl      # offline
 vq-reward score PATHS_OR_DIRS --model TianheWu/VisualQuality-R1-7B --device cuda --output results.jsonl
 vq-reward make-tiny PATH
 vq-reward bench --model tiny
+vq-reward bench-rewards --model tiny
 """
 
 import argparse
@@ -37,6 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--num-images", type=int, default=64)
     bench.add_argument("--answer-tokens", type=int, default=10, help="tokens the reference path generates")
     bench.set_defaults(run=_bench)
+
+    rewards = commands.add_parser("bench-rewards", help="reward adapters: preprocessing vs HF, overhead vs score()")
+    _add_model_arguments(rewards)
+    rewards.add_argument("--num-images", type=int, default=32)
+    rewards.add_argument("--repeats", type=int, default=3, help="timed runs per row; the best one is reported")
+    rewards.set_defaults(run=_bench_rewards)
+
+    from vq_reward.train.cli import add_commands as add_training_commands  # distort, prepare-data, merge-data, eval
+
+    add_training_commands(commands)
 
     args = parser.parse_args(argv)
     from transformers.utils import logging as transformers_logging
@@ -122,6 +133,25 @@ def _bench(args: argparse.Namespace) -> int:
         f"answer_tokens={args.answer_tokens}"
     )
     print(format_table(cells))
+    return 0
+
+
+def _bench_rewards(args: argparse.Namespace) -> int:
+    from vq_reward.bench_rewards import bench_adapters, bench_preprocessing, format_tables
+
+    preprocessing = bench_preprocessing(args.num_images, args.repeats)
+    adapters = bench_adapters(
+        resolve_model(args.model),
+        device=args.device,
+        num_images=args.num_images,
+        repeats=args.repeats,
+        dtype=None if args.dtype == "auto" else getattr(torch, args.dtype),
+    )
+    print(
+        f"model={args.model} device={args.device} images={args.num_images} (512x384) "
+        f"torch_threads={torch.get_num_threads()} best of {args.repeats}"
+    )
+    print(format_tables(preprocessing, adapters))
     return 0
 
 

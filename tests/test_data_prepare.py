@@ -1,0 +1,129 @@
+"""Data preparation: MOS normalisation, the split by reference, label-file errors, JSONL round trip, merge, CLI."""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from vq_reward.cli import main as cli
+from vq_reward.train.data import (
+    KADID10K_OFFICIAL_SPLIT,
+    DataFileError,
+    build_rows,
+    fixed_split,
+    merge_rows,
+    normalize_mos,
+    read_jsonl,
+    split_references,
+    write_jsonl,
+)
+from vq_reward.train.labels import LAYOUTS, LabelFileError, read_label_file
+
+
+def _kadid_folder(tmp_path: Path, references: int = 81, per_reference: int = 2) -> tuple[Path, Path]:
+    """A KADID-shaped dmos.csv (with header) and empty image files, MOS 1.00..4.93 as in the real file."""
+    images = tmp_path / "images"
+    images.mkdir()
+    lines = ["dist_img,ref_img,dmos,var"]
+    n = references * per_reference
+    for i in range(n):
+        ref = f"I{i // per_reference + 1:02d}"
+        name = f"{ref}_01_{i % per_reference + 1:02d}.png"
+        (images / name).touch()
+        mos = 1.0 + 3.93 * i / (n - 1)
+        lines.append(f"{name},{ref}.png,{mos:.4f},0.1")
+    labels = tmp_path / "dmos.csv"
+    labels.write_text("\n".join(lines) + "\n")
+    return labels, images
+
+
+def test_normalisation_is_the_official_min_max():
+    assert normalize_mos([1.0, 4.57, 4.93])[1] == pytest.approx(4.6336, abs=1e-4)  # KADID's worked example
+    assert normalize_mos([10, 20, 30], lower_is_better=True) == [5.0, 3.0, 1.0]
+    with pytest.raises(ValueError, match="every MOS is 3"):
+        normalize_mos([3, 3])
+
+
+def test_split_by_reference_is_official_sized_deterministic_and_leak_free():
+    references = [f"I{i:02d}" for i in range(1, 82)]
+    split = split_references(references * 3)  # repeated names: one assignment per reference
+    assert Counter(split.values()) == {"train": 49, "val": 16, "test": 16}
+    assert split == split_references(list(reversed(references)))  # input order does not matter
+    assert split != split_references(references, seed=7)
+    with pytest.raises(ValueError, match="adding up to 1"):
+        split_references(references, (0.5, 0.2, 0.2))
+
+
+def test_official_kadid_split_gives_the_official_counts(tmp_path):
+    labels, images = _kadid_folder(tmp_path, per_reference=125)
+    rows, _ = read_label_file(labels, LAYOUTS["kadid10k"], images_dir=images)
+    split = fixed_split([r.reference for r in rows], **KADID10K_OFFICIAL_SPLIT)
+    built = build_rows(rows, images, "KADID-10K", split=split)
+    assert Counter(r["split"] for r in built) == {"train": 6125, "val": 2000, "test": 2000}
+    assert {r["reference"] for r in built if r["split"] == "test"} == set(KADID10K_OFFICIAL_SPLIT["test"])
+
+
+def test_prepare_data_cli_round_trip(tmp_path, capsys):
+    labels, images = _kadid_folder(tmp_path)
+    out = tmp_path / "data"
+    assert cli(["prepare-data", "--labels", str(labels), "--format", "kadid10k", "--images", str(images),
+                "--dataset-name", "KADID-10K", "--output-dir", str(out)]) == 0  # fmt: skip
+    parts = {s: read_jsonl(out / f"KADID-10K_{s}.jsonl") for s in ("train", "val", "test")}
+    assert [len(p) for p in parts.values()] == [98, 32, 32]
+    refs = {s: {r["reference"] for r in p} for s, p in parts.items()}
+    assert not (refs["train"] & refs["val"] or refs["train"] & refs["test"] or refs["val"] & refs["test"])
+    every = [r for p in parts.values() for r in p]
+    assert min(r["mos"] for r in every) == 1.0 and max(r["mos"] for r in every) == 5.0
+    first = parts["train"][0]
+    assert Path(first["image"]).is_file() and first["dataset_name"] == "KADID-10K" and first["task"] == "score"
+    assert first["mos"] == pytest.approx((first["mos_raw"] - 1.0) / 3.93 * 4 + 1, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [("a.png", "expected at least 2 fields"), ("a.png high", "MOS 'high' is not a number"),
+     ("missing.png 3.0", "image 'missing.png' not found"), ("a.png nan", "is not finite")],
+)  # fmt: skip
+def test_bad_lines_name_file_and_line(tmp_path, line, message):
+    (tmp_path / "a.png").touch()
+    labels = tmp_path / "labels.txt"
+    labels.write_text(f"a.png 2.0\n{line}\n")
+    with pytest.raises(LabelFileError, match=f"labels.txt:2: .*{message}.*--skip-bad-rows"):
+        read_label_file(labels, images_dir=tmp_path)
+    rows, skipped = read_label_file(labels, images_dir=tmp_path, skip_bad_rows=True)
+    assert [r.line for r in rows] == [1] and len(skipped) == 1 and skipped[0].startswith(f"{labels}:2:")
+
+
+def test_layouts_read_their_formats(tmp_path):
+    tid = tmp_path / "mos_with_names.txt"
+    tid.write_text("5.51 i01_01_1.bmp\n4.2 I02_03_4.bmp\n")
+    rows, _ = read_label_file(tid, LAYOUTS["tid2013"])
+    assert [(r.image, r.mos, r.reference) for r in rows] == [("i01_01_1.bmp", 5.51, "01"), ("I02_03_4.bmp", 4.2, "02")]
+    koniq = tmp_path / "koniq.csv"
+    koniq.write_text('"image_name","c1","MOS","SD"\n"1.jpg",3,"3.9","0.5"\n')
+    rows, _ = read_label_file(koniq, LAYOUTS["koniq10k"])
+    assert (rows[0].image, rows[0].mos, rows[0].std, rows[0].reference) == ("1.jpg", 3.9, 0.5, "1")
+    with pytest.raises(LabelFileError, match="no column named 'dist_img' in the header"):
+        read_label_file(koniq, LAYOUTS["kadid10k"])
+
+
+def test_merge_keeps_dataset_names_and_renumbers(tmp_path, capsys):
+    a = write_jsonl([{"id": 0, "image": "x.png", "dataset_name": "A", "mos": 1.0}] * 2, tmp_path / "a.jsonl")
+    b = write_jsonl([{"id": 0, "image": "y.png", "dataset_name": "B", "mos": 2.0}], tmp_path / "b.jsonl")
+    assert cli(["merge-data", str(a), str(b), "--output", str(tmp_path / "m.jsonl")]) == 0
+    merged = read_jsonl(tmp_path / "m.jsonl")
+    assert [(r["id"], r["dataset_name"]) for r in merged] == [(0, "A"), (1, "A"), (2, "B")]
+    assert merged[0]["image"] == str(tmp_path / "x.png")  # relative paths resolve against the file's folder
+    assert "A: all 2" in capsys.readouterr().out
+    assert merge_rows([]) == []
+
+
+def test_read_jsonl_errors_name_file_and_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"image": "a", "dataset_name": "A", "mos": 1}) + "\n{oops\n")
+    with pytest.raises(DataFileError, match="bad.jsonl:2: not valid JSON"):
+        read_jsonl(bad)
+    bad.write_text(json.dumps({"image": "a"}) + "\n")
+    with pytest.raises(DataFileError, match=r"bad.jsonl:1: missing \['dataset_name', 'mos'\]"):
+        read_jsonl(bad)

@@ -1,0 +1,105 @@
+"""Evaluate a scorer against MOS labels: SRCC, PLCC (raw and logistic-fitted), KRCC per dataset; JSON and a plot.
+
+Rows are dicts with `image` (path) and `mos`, optionally `dataset_name` (default "all"): the JSONL rows of
+`vq-reward prepare-data`, or a raw label file read by `vq-reward eval`. Scores come from `score()` (one forward,
+deterministic), so a report is reproducible. Needs scipy for the logistic fit and matplotlib for the plot
+(`pip install 'vq-reward[eval]'`).
+
+    >>> report = evaluate(scorer, read_jsonl("data/KADID-10K_test.jsonl"))  # doctest: +SKIP
+    >>> report["datasets"]["KADID-10K"]["srcc"]  # doctest: +SKIP
+    0.71
+"""
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from vq_reward.metrics import correlations
+
+
+def evaluate(scorer, rows: Sequence[dict], batch_size: int = 8, model_name: str | None = None) -> dict:
+    """Score every row's image and compute the correlations per dataset.
+
+    Returns:
+        `{"model", "datasets": {name: {"n", "srcc", "plcc", "plcc_logistic", "krcc"}}, "predictions": [...]}`, where
+        each prediction is `{"image", "dataset_name", "mos", "score"}`. Undefined figures are `None` in JSON.
+    """
+    if not rows:
+        raise ValueError("nothing to evaluate: the label rows are empty.")
+    scores = scorer.score([row["image"] for row in rows], batch_size=batch_size).tolist()
+    predictions = [
+        {"image": row["image"], "dataset_name": row.get("dataset_name", "all"), "mos": row["mos"], "score": score}
+        for row, score in zip(rows, scores, strict=True)
+    ]
+    datasets: dict[str, dict] = {}
+    for name in sorted({p["dataset_name"] for p in predictions}):
+        members = [p for p in predictions if p["dataset_name"] == name]
+        datasets[name] = correlations([p["score"] for p in members], [p["mos"] for p in members])
+    return {"model": model_name, "datasets": datasets, "predictions": predictions}
+
+
+def format_report(report: dict) -> str:
+    """A plain table of the per-dataset figures.
+
+    Example:
+        >>> print(format_report({"datasets": {"A": {"n": 3, "srcc": 1.0, "plcc": 0.9, "plcc_logistic": None,
+        ...                                          "krcc": 1.0}}}))
+        dataset                      n    SRCC    PLCC  PLCC(logistic)    KRCC
+        A                            3   1.000   0.900               -   1.000
+    """
+    lines = [f"{'dataset':<24} {'n':>6} {'SRCC':>7} {'PLCC':>7} {'PLCC(logistic)':>15} {'KRCC':>7}"]
+    for name, m in report["datasets"].items():
+        cells = [_cell(m[key], width) for key, width in (("srcc", 7), ("plcc", 7), ("plcc_logistic", 15), ("krcc", 7))]
+        lines.append(f"{name:<24} {m['n']:>6} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def write_report(report: dict, path: str | Path) -> Path:
+    """Write the report as JSON (NaN becomes null, so any JSON reader can load it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_finite(report), indent=2) + "\n")
+    return path
+
+
+def save_scatter(report: dict, path: str | Path) -> Path:
+    """Scatter plot of score against MOS, one panel per dataset, with SRCC/PLCC in each title."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as error:
+        raise ImportError("the scatter plot needs matplotlib: pip install 'vq-reward[eval]'") from error
+    names = list(report["datasets"])
+    figure, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 4.2), squeeze=False)
+    for axis, name in zip(axes[0], names, strict=True):
+        members = [p for p in report["predictions"] if p["dataset_name"] == name]
+        axis.scatter([p["mos"] for p in members], [p["score"] for p in members], s=8, alpha=0.6)
+        m = report["datasets"][name]
+        axis.set_title(f"{name} (n={m['n']})\nSRCC {_cell(m['srcc'], 0)}  PLCC {_cell(m['plcc'], 0)}", fontsize=9)
+        axis.set_xlabel("MOS")
+        axis.set_ylabel("predicted score")
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _cell(value: float | None, width: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return f"{'-':>{width}}"
+    return f"{value:>{width}.3f}"
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value

@@ -1,0 +1,159 @@
+"""The data and evaluation subcommands of `vq-reward` (registered by `add_commands`; nothing heavy at import).
+
+vq-reward distort examples/images data/synthetic --crops 4                 # graded degradations + labels.txt
+vq-reward prepare-data --labels dmos.csv --format kadid10k --images kadid/images --dataset-name KADID-10K \\
+    --output-dir data/ --official-kadid-split
+vq-reward merge-data data/KADID-10K_train.jsonl data/KonIQ-10k_train.jsonl --output data/mix_train.jsonl
+vq-reward eval --labels data/KADID-10K_test.jsonl --model runs/kadid --output eval/kadid.json --plot eval/kadid.png
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    """Register `distort`, `prepare-data`, `merge-data` and `eval` on the `vq-reward` parser."""
+    from vq_reward.cli import _add_model_arguments
+
+    distort = commands.add_parser("distort", help="write graded synthetic degradations of a folder of clean images")
+    distort.add_argument("source_dir")
+    distort.add_argument("output_dir")
+    distort.add_argument("--kinds", nargs="+", default=["noise", "compression", "blur", "darken"])
+    distort.add_argument("--levels", nargs="+", type=int, default=[1, 2, 3, 4, 5], help="severities 1..5")
+    distort.add_argument("--crops", type=int, default=0, help="random square crops per photo (0: whole photos)")
+    distort.add_argument("--crop-size", type=int, default=112)
+    distort.add_argument("--no-clean", action="store_true", help="leave out the clean images (MOS 5)")
+    distort.add_argument("--seed", type=int, default=0)
+    distort.set_defaults(run=_distort)
+
+    prepare = commands.add_parser("prepare-data", help="MOS label file -> normalised, split JSONL training data")
+    prepare.add_argument("--labels", required=True, help="the dataset's MOS label file")
+    prepare.add_argument("--images", required=True, help="folder the image names in the label file are relative to")
+    prepare.add_argument("--dataset-name", required=True, help="kept in every row; images of different datasets "
+                         "are never compared")  # fmt: skip
+    prepare.add_argument("--output-dir", required=True)
+    _add_label_arguments(prepare)
+    prepare.add_argument("--ratios", nargs=3, type=float, default=[0.6, 0.2, 0.2], help="train val test")
+    prepare.add_argument("--seed", type=int, default=42, help="seed of the reference shuffle")
+    prepare.add_argument("--no-split", action="store_true", help="write one NAME_all.jsonl (test-only datasets)")
+    prepare.add_argument("--official-kadid-split", action="store_true", help="the official run's KADID-10K split")
+    prepare.set_defaults(run=_prepare)
+
+    merge = commands.add_parser("merge-data", help="concatenate JSONL data files, keeping each row's dataset_name")
+    merge.add_argument("files", nargs="+")
+    merge.add_argument("--output", required=True)
+    merge.set_defaults(run=_merge)
+
+    evaluate = commands.add_parser("eval", help="SRCC / PLCC / KRCC per dataset, JSON report and scatter plot")
+    evaluate.add_argument("--labels", required=True, help="a JSONL data file, or a raw MOS label file (with --images)")
+    evaluate.add_argument("--images", default=None, help="image folder of a raw label file")
+    evaluate.add_argument("--dataset-name", default=None, help="name for a raw label file (default: its stem)")
+    _add_label_arguments(evaluate)
+    _add_model_arguments(evaluate)
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--output", default=None, help="JSON report (default: print only)")
+    evaluate.add_argument("--plot", default=None, help="scatter plot PNG of predictions against MOS")
+    evaluate.set_defaults(run=_eval)
+
+
+def _add_label_arguments(parser: argparse.ArgumentParser) -> None:
+    from vq_reward.train.labels import LAYOUTS
+
+    parser.add_argument("--format", default="plain", choices=sorted(LAYOUTS), help="label file layout (see "
+                        "vq_reward/train/labels.py); plain = 'image mos [std]'")  # fmt: skip
+    parser.add_argument("--reference-pattern", default=None, help="regex whose first group, searched in the image "
+                        "name, is the reference image, e.g. '^(I\\d+)_' for KADID names")  # fmt: skip
+    parser.add_argument("--lower-is-better", action="store_true", help="the file holds DMOS: flip so 5 is best")
+    parser.add_argument("--skip-bad-rows", action="store_true", help="skip and report bad lines instead of failing")
+
+
+def _distort(args: argparse.Namespace) -> int:
+    from vq_reward.distortions import make_distorted_set
+
+    rows = make_distorted_set(
+        args.source_dir,
+        args.output_dir,
+        kinds=tuple(args.kinds),
+        levels=tuple(args.levels),
+        include_clean=not args.no_clean,
+        crops_per_image=args.crops,
+        crop_size=args.crop_size,
+        seed=args.seed,
+    )
+    labels = Path(args.output_dir) / "labels.txt"
+    print(f"{len(rows)} images, labels in {labels}. Next:\n  vq-reward prepare-data --labels {labels} --images "
+          f"{args.output_dir} --reference-pattern '^(.+)__' --dataset-name synthetic --output-dir data/")  # fmt: skip
+    return 0
+
+
+def _read_labels(args: argparse.Namespace, images: str):
+    from dataclasses import replace
+
+    from vq_reward.train.labels import LAYOUTS, read_label_file
+
+    layout = LAYOUTS[args.format]
+    if args.reference_pattern:
+        layout = replace(layout, reference=None, reference_pattern=args.reference_pattern)
+    rows, skipped = read_label_file(args.labels, layout, images_dir=images, skip_bad_rows=args.skip_bad_rows)
+    for message in skipped:
+        print(f"skipped {message}", file=sys.stderr)
+    if skipped:
+        print(f"{len(skipped)} lines skipped, {len(rows)} kept", file=sys.stderr)
+    return rows
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from vq_reward.train import data
+
+    labels = _read_labels(args, args.images)
+    references = [row.reference for row in labels]
+    if args.no_split:
+        split = None
+    elif args.official_kadid_split:
+        split = data.fixed_split(references, **data.KADID10K_OFFICIAL_SPLIT)
+    else:
+        split = data.split_references(references, tuple(args.ratios), args.seed)
+    rows = data.build_rows(labels, args.images, args.dataset_name, lower_is_better=args.lower_is_better, split=split)
+    out = Path(args.output_dir)
+    for name in ("all",) if split is None else data.SPLITS:
+        chosen = [row for row in rows if row["split"] == name]
+        path = data.write_jsonl(chosen, out / f"{args.dataset_name}_{name}.jsonl")
+        print(f"{path}: {len(chosen)} rows")
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from vq_reward.train.data import DataSummary, merge_rows, read_jsonl, write_jsonl
+
+    rows = merge_rows([read_jsonl(path) for path in args.files])
+    write_jsonl(rows, args.output)
+    print(f"{args.output}: {len(rows)} rows\n{DataSummary.of(rows)}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from vq_reward.cli import load_scorer
+    from vq_reward.evaluation import evaluate, format_report, save_scatter, write_report
+
+    if args.labels.endswith(".jsonl"):
+        from vq_reward.train.data import read_jsonl
+
+        rows = read_jsonl(args.labels, required=("image", "mos"))
+    else:
+        if args.images is None:
+            print("a raw label file needs --images (the folder its image names are in)", file=sys.stderr)
+            return 2
+        name = args.dataset_name or Path(args.labels).stem
+        labels = _read_labels(args, args.images)
+        rows = [{"image": str(Path(args.images) / r.image), "mos": r.mos, "dataset_name": name} for r in labels]
+        if args.lower_is_better:
+            rows = [{**row, "mos": -row["mos"]} for row in rows]
+    scorer = load_scorer(args, args.batch_size)
+    report = evaluate(scorer, rows, batch_size=args.batch_size, model_name=args.model)
+    print(format_report(report))
+    if args.output:
+        write_report(report, args.output)
+    if args.plot:
+        save_scatter(report, args.plot)
+    return 0

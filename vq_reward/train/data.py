@@ -1,0 +1,199 @@
+"""Training data: MOS normalisation, the split by reference image, JSONL rows, and the multi-dataset merge.
+
+The official VisualQuality-R1 preparation, made deterministic: MOS min-max normalised to [1, 5] over the whole
+label file (before splitting), references shuffled with a fixed seed and cut 60/20/20 with `round()`, so KADID-10K's
+81 references become 49/16/16 (6125/2000/2000 images). The official run used one particular shuffle, committed as
+split files; `KADID10K_OFFICIAL_SPLIT` reproduces it exactly.
+
+A row (one JSON object per line):
+
+    {"id": 0, "image": "/data/kadid/I01_01_01.png", "dataset_name": "KADID-10K", "task": "score",
+     "mos": 4.6336, "mos_raw": 4.57, "std": null, "reference": "I01", "split": "train"}
+
+`task` routes a row to its prompt and rewards ("score" here; other task families add their own values).
+"""
+
+import json
+import random
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from vq_reward.train.labels import LabelRow
+
+
+SPLITS = ("train", "val", "test")
+REQUIRED_KEYS = ("image", "dataset_name", "mos")
+
+# The official KADID-10K split (the committed KADID-10K_{val,test}_set.txt); the other 49 references are train.
+KADID10K_OFFICIAL_SPLIT = {
+    "val": "I07 I12 I14 I15 I16 I27 I32 I35 I36 I41 I44 I49 I55 I66 I67 I70".split(),
+    "test": "I19 I29 I30 I34 I37 I38 I43 I50 I64 I71 I72 I73 I74 I78 I80 I81".split(),
+}
+
+
+class DataFileError(ValueError):
+    """A JSONL data file that cannot be used. The message names the file, the line and the fix."""
+
+
+def normalize_mos(values: Sequence[float], lower_is_better: bool = False) -> list[float]:
+    """Min-max normalise scores to [1, 5] over all of `values`, as the official code does for each label file.
+
+    Args:
+        lower_is_better: the file holds DMOS (a higher number is a worse image); it is flipped so 5 is best.
+            The official code has no such flag.
+
+    Example:
+        >>> [round(v, 4) for v in normalize_mos([1.0, 4.57, 4.93])]
+        [1.0, 4.6336, 5.0]
+        >>> normalize_mos([0.0, 100.0], lower_is_better=True)
+        [5.0, 1.0]
+    """
+    low, high = min(values), max(values)
+    if high == low:
+        raise ValueError(f"every MOS is {low}: a constant label file cannot be normalised or ranked.")
+    scaled = [(value - low) / (high - low) for value in values]
+    return [(1.0 - s if lower_is_better else s) * 4.0 + 1.0 for s in scaled]
+
+
+def split_references(
+    references: Iterable[str], ratios: tuple[float, float, float] = (0.6, 0.2, 0.2), seed: int = 42
+) -> dict[str, str]:
+    """Assign each reference to "train", "val" or "test": sorted, shuffled with `seed`, cut with `round()`.
+
+    Example:
+        >>> split = split_references([f"I{i:02d}" for i in range(1, 82)])
+        >>> Counter(split.values()) == Counter({"train": 49, "val": 16, "test": 16})
+        True
+    """
+    if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
+        raise ValueError(f"ratios must be three non-negative numbers adding up to 1, got {ratios}.")
+    names = sorted(set(references))
+    random.Random(seed).shuffle(names)
+    n_train = round(len(names) * ratios[0])
+    n_val = round(len(names) * ratios[1])
+    cuts = {"train": names[:n_train], "val": names[n_train : n_train + n_val], "test": names[n_train + n_val :]}
+    return {name: split for split, chosen in cuts.items() for name in chosen}
+
+
+def fixed_split(references: Iterable[str], val: Sequence[str], test: Sequence[str]) -> dict[str, str]:
+    """Assign references from explicit val/test lists (everything else is train), e.g. `KADID10K_OFFICIAL_SPLIT`.
+
+    Example:
+        >>> fixed_split(["I01", "I07", "I19"], **KADID10K_OFFICIAL_SPLIT)
+        {'I01': 'train', 'I07': 'val', 'I19': 'test'}
+    """
+    names = sorted(set(references))
+    unknown = (set(val) | set(test)) - set(names)
+    if unknown:
+        raise ValueError(f"split lists name references that are not in the labels: {sorted(unknown)}")
+    return {name: "val" if name in val else "test" if name in test else "train" for name in names}
+
+
+def build_rows(
+    labels: Sequence[LabelRow],
+    images_dir: str | Path,
+    dataset_name: str,
+    *,
+    lower_is_better: bool = False,
+    split: dict[str, str] | None = None,
+) -> list[dict]:
+    """Turn label rows into JSONL rows: absolute image path, normalised MOS, reference and split ("all" without one).
+
+    Example:
+        >>> from vq_reward.train.labels import LabelRow
+        >>> rows = build_rows([LabelRow("a.png", 1.0, None, "a", 1), LabelRow("b.png", 3.0, None, "b", 2)], "/d", "X")
+        >>> rows[1]["image"], rows[1]["mos"], rows[1]["split"]
+        ('/d/b.png', 5.0, 'all')
+    """
+    normalized = normalize_mos([row.mos for row in labels], lower_is_better=lower_is_better)
+    root = Path(images_dir).resolve()
+    return [
+        {
+            "id": index,
+            "image": str(root / row.image),
+            "dataset_name": dataset_name,
+            "task": "score",
+            "mos": round(mos, 6),
+            "mos_raw": row.mos,
+            "std": row.std,
+            "reference": row.reference,
+            "split": "all" if split is None else split[row.reference],
+        }
+        for index, (row, mos) in enumerate(zip(labels, normalized, strict=True))
+    ]
+
+
+def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
+    """Write one JSON object per line (parent folders are created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def read_jsonl(path: str | Path, required: Sequence[str] = REQUIRED_KEYS) -> list[dict]:
+    """Read a JSONL data file, checking every line has the `required` keys.
+
+    A relative `image` path is resolved against the file's folder, so a data folder can be moved as a whole.
+
+    Example:
+        >>> rows = read_jsonl("data/KADID-10K_train.jsonl")  # doctest: +SKIP
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(f"{path}: no such data file; write one with `vq-reward prepare-data`.")
+    rows = []
+    for number, text in enumerate(path.read_text().splitlines(), 1):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DataFileError(f"{path}:{number}: not valid JSON ({error.msg}).") from None
+        if not isinstance(row, dict):
+            raise DataFileError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}.")
+        missing = [key for key in required if key not in row]
+        if missing:
+            raise DataFileError(f"{path}:{number}: missing {missing}; rows need {list(required)}.")
+        if "image" in row and isinstance(row["image"], str) and not Path(row["image"]).is_absolute():
+            row["image"] = str((path.parent / row["image"]).resolve())
+        rows.append(row)
+    if not rows:
+        raise DataFileError(f"{path}: the data file has no rows.")
+    return rows
+
+
+def merge_rows(sources: Sequence[Sequence[dict]]) -> list[dict]:
+    """Concatenate row lists (one per dataset file) and renumber `id`; each row keeps its own `dataset_name`.
+
+    Example:
+        >>> merged = merge_rows([[{"id": 0, "dataset_name": "A"}], [{"id": 0, "dataset_name": "B"}]])
+        >>> [(row["id"], row["dataset_name"]) for row in merged]
+        [(0, 'A'), (1, 'B')]
+    """
+    merged = [dict(row) for rows in sources for row in rows]
+    for index, row in enumerate(merged):
+        row["id"] = index
+    return merged
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """How many rows each dataset and split holds, for the report after `prepare-data` / `merge-data`."""
+
+    counts: dict[str, dict[str, int]]
+
+    @classmethod
+    def of(cls, rows: Iterable[dict]) -> "DataSummary":
+        counts: dict[str, Counter] = {}
+        for row in rows:
+            counts.setdefault(row["dataset_name"], Counter())[row.get("split", "all")] += 1
+        return cls({name: dict(counter) for name, counter in counts.items()})
+
+    def __str__(self) -> str:
+        return "\n".join(
+            f"  {name}: " + ", ".join(f"{split} {count}" for split, count in sorted(splits.items()))
+            for name, splits in self.counts.items()
+        )

@@ -1,0 +1,139 @@
+"""Retrain a VisualQuality-R1 scorer with RL2R GRPO on stock TRL. Reads top to bottom.
+
+What it does: loads JSONL rows from `vq-reward prepare-data`, builds the VisualQuality-R1 prompt for each image,
+samples G answers per image with the policy, rewards each answer by how well it ranks its image against the other
+images of the same dataset on the device (fidelity reward) plus the answer format, and updates the policy with
+GRPO. Each device's batch holds whole groups of images of one dataset. Checkpoints load with
+`VisualQualityScorer.from_pretrained`.
+
+Launch (one process per GPU; accelerate or torchrun):
+
+    accelerate launch --config_file train/accelerate/deepspeed_zero3.yaml -m vq_reward.train.grpo \\
+        --config train/recipes/kadid_vqr1.yaml
+    python -m vq_reward.train.grpo --config train/recipes/tiny_cpu.yaml          # CPU smoke run, tiny model
+
+Any field of `VQScriptArguments`, `GRPOConfig` or `ModelConfig` can be set in the YAML or on the command line
+(`--learning_rate 1e-6`); the command line wins.
+"""
+
+import sys
+
+import torch
+
+from vq_reward.testing import tiny_checkpoint
+from vq_reward.train import require_trl
+from vq_reward.train.config import VQScriptArguments
+from vq_reward.train.dataset import build_dataset, digit_token_ids, load_rows, with_answer_prefix
+from vq_reward.train.rewards import make_reward_funcs
+from vq_reward.train.trainer import RankGRPOTrainer, TimeLimitCallback
+
+
+require_trl()
+from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback  # noqa: E402
+from trl import GRPOConfig, ModelConfig, TrlParser, get_peft_config  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[VQScriptArguments, GRPOConfig, ModelConfig]:
+    """Parse `--config recipe.yaml` plus command-line overrides into the three configs."""
+    parser = TrlParser((VQScriptArguments, GRPOConfig, ModelConfig))
+    return parser.parse_args_and_config(args=argv)
+
+
+def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> RankGRPOTrainer:
+    """Train; returns the trainer (its `state.log_history` holds the logged metrics)."""
+    script_args, training_args, model_args = parse_args(argv)
+    model_path = model_args.model_name_or_path
+    if model_path is None:
+        raise ValueError("set --model_name_or_path: a hub id, a local checkpoint, or 'tiny' (offline random model).")
+    if model_path == "tiny":  # the offline random smoke checkpoint, built on first use
+        model_path = str(tiny_checkpoint())
+
+    # Processor: left padding is mandatory (TRL re-tokenizes prompts for the loss forward with the tokenizer's own
+    # padding side, trl#5785), and the pixel budget is pinned and checked.
+    budget = {k: v for k, v in (("min_pixels", script_args.min_pixels), ("max_pixels", script_args.max_pixels)) if v}
+    processor = AutoProcessor.from_pretrained(
+        model_path, revision=model_args.model_revision, padding_side="left", **budget
+    )
+    processor.tokenizer.padding_side = "left"
+    processor.tokenizer.truncation_side = "left"
+    min_pixels = int(processor.image_processor.size["shortest_edge"])
+    max_pixels = int(processor.image_processor.size["longest_edge"])
+    for key, value in budget.items():
+        if value != (min_pixels if key == "min_pixels" else max_pixels):
+            raise RuntimeError(f"asked for {key}={value} but the processor uses {min_pixels}/{max_pixels}.")
+
+    # Non-thinking fast path: the prompt ends with "<answer>", exactly the prompt score() reads. The checkpoint keeps
+    # the original template (RankGRPOTrainer._save).
+    original_template = None
+    if script_args.answer_prefix:
+        original_template = processor.chat_template
+        processor.chat_template = with_answer_prefix(original_template, script_args.answer_prefix_text)
+    if script_args.digit_only:
+        # Sample only "1".."5": every other token is suppressed (vLLM: allowed_token_ids does the same).
+        digits = set(digit_token_ids(processor.tokenizer))
+        if training_args.use_vllm:
+            extra = {"allowed_token_ids": sorted(digits)}
+        else:
+            extra = {"suppress_tokens": [i for i in range(len(processor.tokenizer)) if i not in digits]}
+        training_args.generation_kwargs = {**(training_args.generation_kwargs or {}), **extra}
+
+    # Model: loaded here (not by TRL) so the vision tower can be frozen before the optimizer is built.
+    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    model = AutoModelForImageTextToText.from_pretrained(
+        model_path,
+        revision=model_args.model_revision,
+        dtype=dtype,
+        attn_implementation=model_args.attn_implementation,
+    )
+    if script_args.freeze_vision:
+        visual = getattr(getattr(model, "model", None), "visual", None)
+        if visual is None:
+            raise ValueError(f"freeze_vision: {type(model).__name__} has no model.visual vision tower to freeze.")
+        visual.requires_grad_(False)
+
+    # Data: one row per image; each device batch is drawn from one dataset by RankGRPOTrainer's sampler.
+    train_rows = load_rows(script_args.train_files, script_args.max_train_samples)
+    train_dataset = build_dataset(train_rows, script_args, min_pixels, max_pixels)
+    eval_dataset = None
+    if script_args.eval_files:
+        eval_dataset = build_dataset(load_rows(script_args.eval_files), script_args, min_pixels, max_pixels)
+
+    # Rewards: fidelity rank reward (+ format), summed unweighted unless GRPOConfig.reward_weights says otherwise.
+    reward_funcs = make_reward_funcs(
+        script_args.reward_funcs,
+        training_args.num_generations,
+        fidelity_scope=script_args.fidelity_scope,
+        parse_failure=script_args.parse_failure,
+        parse_fallback_to_text=script_args.parse_fallback_to_text,
+        answer_prefix=script_args.answer_prefix_text,
+        fidelity_eps=script_args.fidelity_eps,
+        thinking=script_args.thinking,
+        seed=training_args.seed,
+    )
+
+    callbacks = list(callbacks or [])
+    if script_args.max_train_minutes is not None:
+        callbacks.append(TimeLimitCallback(script_args.max_train_minutes))
+    trainer = RankGRPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=processor,
+        peft_config=get_peft_config(model_args),
+        callbacks=callbacks,
+        homogeneous_batches=script_args.dataset_homogeneous_batches,
+        dataset_choice=script_args.dataset_choice,
+        min_images_per_device=2 if script_args.fidelity_scope == "local" else 1,
+        saved_chat_template=original_template,
+    )
+
+    resume = training_args.resume_from_checkpoint
+    trainer.train(resume_from_checkpoint=True if resume in ("last", "true", "True") else resume)
+    trainer.save_model(training_args.output_dir)
+    return trainer
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,172 @@
+"""Read MOS label files as IQA datasets ship them, with errors that name the file and line.
+
+A label file is a table: comma-separated (quoted fields allowed) or whitespace-separated, with or without a
+header line. Columns are picked by position (0-based) or, with a header, by name. Presets give the layouts of
+the common datasets; `plain` ("image mos [std]", no header) is also what `vq-reward distort` writes and what the
+official VisualQuality-R1 test label files use.
+
+    >>> layout = LAYOUTS["kadid10k"]
+    >>> layout.image, layout.mos, layout.reference
+    ('dist_img', 'dmos', 'ref_img')
+"""
+
+import csv
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the fields of a label file are.
+
+    Attributes:
+        image: column of the image file name (index or header name).
+        mos: column of the mean opinion score.
+        std: column of its standard deviation, or `None`.
+        reference: column naming the pristine reference image, or `None`.
+        reference_pattern: a regex whose first group, searched in the image name, is the reference (used when
+            `reference` is `None`); with neither, every image is its own reference (authentic-distortion datasets).
+        header: the first line is a header (required when any column is given by name).
+    """
+
+    image: int | str = 0
+    mos: int | str = 1
+    std: int | str | None = 2
+    reference: int | str | None = None
+    reference_pattern: str | None = None
+    header: bool = False
+
+
+LAYOUTS: dict[str, Layout] = {
+    # "image mos [std]": the official test_data_label files (BID, LIVEC, KonIQ, SPAQ, AGIQA-3K), `vq-reward distort`.
+    "plain": Layout(),
+    # "ref dis mos": the official Deblur / SRIQA-Bench / dehaze label files.
+    "ref-dis-mos": Layout(image=1, mos=2, std=None, reference=0),
+    # KADID-10K dmos.csv: dist_img,ref_img,dmos,var ("dmos" is higher-is-better despite the name).
+    "kadid10k": Layout(image="dist_img", mos="dmos", std=None, reference="ref_img", header=True),
+    # TID2013 mos_with_names.txt: "mos name", references i01..i25 in the name.
+    "tid2013": Layout(image=1, mos=0, std=None, reference_pattern=r"^[iI](\d+)_"),
+    # KonIQ-10k koniq10k_scores_and_distributions.csv (MOS on 1..5 with SD).
+    "koniq10k": Layout(image="image_name", mos="MOS", std="SD", header=True),
+}
+
+
+@dataclass(frozen=True)
+class LabelRow:
+    """One labelled image. `line` is the 1-based line number in the label file, for messages."""
+
+    image: str
+    mos: float
+    std: float | None
+    reference: str
+    line: int
+
+
+class LabelFileError(ValueError):
+    """A label file that cannot be read as asked. The message names the file, the line and the fix."""
+
+
+def read_label_file(
+    path: str | Path,
+    layout: Layout = LAYOUTS["plain"],
+    *,
+    images_dir: str | Path | None = None,
+    skip_bad_rows: bool = False,
+) -> tuple[list[LabelRow], list[str]]:
+    """Read `path` into rows, checking every line.
+
+    Args:
+        layout: where the fields are (`LAYOUTS[name]` or your own `Layout`).
+        images_dir: when given, every image must exist there.
+        skip_bad_rows: skip malformed lines, non-numeric MOS and missing images, and report them, instead of
+            raising at the first one.
+
+    Returns:
+        The rows, and one message per skipped line ("FILE:LINE: why").
+
+    Example:
+        >>> rows, skipped = read_label_file("labels.txt")  # doctest: +SKIP
+        >>> rows[0]  # doctest: +SKIP
+        LabelRow(image='I01_01_01.png', mos=4.57, std=None, reference='I01', line=1)
+    """
+    path = Path(path)
+    lines = [(number, text) for number, text in enumerate(path.read_text().splitlines(), 1) if text.strip()]
+    if not lines:
+        raise LabelFileError(f"{path}: the label file is empty.")
+    comma = path.suffix.lower() == ".csv" or "," in lines[0][1]
+    records = [(number, _split(text, comma)) for number, text in lines]
+    header = records.pop(0)[1] if layout.header else None
+    columns = {name: _column(getattr(layout, name), header, path) for name in ("image", "mos", "std", "reference")}
+    pattern = re.compile(layout.reference_pattern) if layout.reference_pattern else None
+    rows: list[LabelRow] = []
+    skipped: list[str] = []
+    for number, fields in records:
+        try:
+            rows.append(_row(fields, columns, pattern, number, path, images_dir))
+        except LabelFileError as error:
+            if not skip_bad_rows:
+                raise LabelFileError(f"{error} (pass --skip-bad-rows to skip such lines and report them)") from None
+            skipped.append(str(error))
+    if not rows:
+        raise LabelFileError(f"{path}: no usable rows ({len(skipped)} skipped); check --format and the columns.")
+    return rows, skipped
+
+
+def _row(
+    fields: list[str],
+    columns: dict[str, int | None],
+    pattern: re.Pattern | None,
+    number: int,
+    path: Path,
+    images_dir: str | Path | None,
+) -> LabelRow:
+    where = f"{path}:{number}"
+    needed = max(index for key, index in columns.items() if index is not None and key != "std")  # std is optional
+    if len(fields) <= columns["image"] or len(fields) <= columns["mos"]:
+        raise LabelFileError(f"{where}: expected at least {needed + 1} fields, found {len(fields)}: {fields!r}")
+    image = fields[columns["image"]]
+    mos = _number(fields[columns["mos"]], "MOS", where)
+    std_index = columns["std"]
+    std = _number(fields[std_index], "std", where) if std_index is not None and std_index < len(fields) else None
+    if columns["reference"] is not None:
+        if len(fields) <= columns["reference"]:
+            raise LabelFileError(f"{where}: no reference column (index {columns['reference']}) in {fields!r}")
+        reference = Path(fields[columns["reference"]]).stem
+    elif pattern is not None:
+        match = pattern.search(image)
+        if match is None:
+            raise LabelFileError(f"{where}: reference pattern {pattern.pattern!r} does not match {image!r}")
+        reference = match.group(1)
+    else:
+        reference = Path(image).stem
+    if images_dir is not None and not (Path(images_dir) / image).is_file():
+        raise LabelFileError(f"{where}: image {image!r} not found in {images_dir}")
+    return LabelRow(image=image, mos=mos, std=std, reference=reference, line=number)
+
+
+def _split(text: str, comma: bool) -> list[str]:
+    if comma:
+        return [field.strip() for field in next(csv.reader([text]))]
+    return text.split()
+
+
+def _column(spec: int | str | None, header: list[str] | None, path: Path) -> int | None:
+    if spec is None or isinstance(spec, int):
+        return spec
+    if header is None:
+        raise LabelFileError(f"{path}: column {spec!r} is given by name, so the layout needs header=True.")
+    if spec not in header:
+        raise LabelFileError(f"{path}: no column named {spec!r} in the header {header}; check --format.")
+    return header.index(spec)
+
+
+def _number(text: str, what: str, where: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise LabelFileError(f"{where}: {what} {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise LabelFileError(f"{where}: {what} {text!r} is not finite")
+    return value

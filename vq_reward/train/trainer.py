@@ -1,0 +1,117 @@
+"""`RankGRPOTrainer`: stock TRL `GRPOTrainer` plus only what TRL has no option for.
+
+1. The train sampler (`_get_train_sampler`, the Trainer's hook): dataset-homogeneous device batches of whole
+   groups (`DatasetHomogeneousSampler`), and a refusal of batch layouts that would split an image's rollouts.
+2. Saving (`_save`): when training used a chat template with the `<answer>` prefix in its generation prompt, the
+   checkpoint gets the original template back, so `VisualQualityScorer` (which adds the prefix itself) loads it as is.
+
+Plus `TimeLimitCallback`, which stops a run after a wall-clock budget with a final save.
+"""
+
+import time
+
+from torch.utils.data import Sampler
+from transformers import TrainerCallback
+
+from vq_reward.train import require_trl
+from vq_reward.train.sampler import DatasetHomogeneousSampler, images_per_device
+
+
+require_trl()
+from trl import GRPOTrainer  # noqa: E402
+
+
+class RankGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer for rank rewards over a device's batch of images.
+
+    Args:
+        homogeneous_batches: fill each device's generation batch from one `dataset_name` (the official sampler);
+            False keeps TRL's sampler (whole groups are still enforced).
+        dataset_choice: "uniform" or "proportional" (see `DatasetHomogeneousSampler`).
+        min_images_per_device: 2 for the local-scope fidelity reward, 1 when images are ranked globally.
+        saved_chat_template: the chat template to write into checkpoints, when the processor's was patched.
+        *args, **kwargs: `GRPOTrainer`'s.
+    """
+
+    def __init__(
+        self,
+        *args,
+        homogeneous_batches: bool = True,
+        dataset_choice: str = "uniform",
+        min_images_per_device: int = 2,
+        saved_chat_template: str | None = None,
+        **kwargs,
+    ) -> None:
+        config = kwargs.get("args")
+        if config is not None:  # refuse a bad layout before any model is loaded
+            images_per_device(
+                config.per_device_train_batch_size,
+                config.steps_per_generation,
+                config.num_generations,
+                min_images_per_device,
+            )
+            if config.eval_strategy != "no":
+                eval_generations = config.num_generations_eval or config.num_generations
+                if config.per_device_eval_batch_size % eval_generations:
+                    raise ValueError(
+                        f"per_device_eval_batch_size={config.per_device_eval_batch_size} is not a multiple of "
+                        f"num_generations_eval={eval_generations}: an image's eval rollouts would be split across "
+                        "devices. Make it a multiple."
+                    )
+        self.homogeneous_batches = homogeneous_batches
+        self.dataset_choice = dataset_choice
+        self.min_images_per_device = min_images_per_device
+        self.saved_chat_template = saved_chat_template
+        super().__init__(*args, **kwargs)
+
+    def _get_train_sampler(self, dataset=None) -> Sampler:
+        dataset = self.train_dataset if dataset is None else dataset
+        if not self.homogeneous_batches:
+            return super()._get_train_sampler(dataset)
+        plain = dataset.with_format(None)  # column access without decoding every image
+        names = plain["dataset_name"] if "dataset_name" in plain.column_names else ["all"] * len(plain)
+        sampler = DatasetHomogeneousSampler(
+            names,
+            images_per_device=images_per_device(
+                self.args.per_device_train_batch_size,
+                self.args.steps_per_generation,
+                self.num_generations,
+                self.min_images_per_device,
+            ),
+            num_processes=self.accelerator.num_processes,
+            num_generations=self.num_generations,
+            repeat_count=self.num_iterations * self.args.steps_per_generation,
+            seed=self.args.seed,
+            choice=self.dataset_choice,
+        )
+        if sampler.unused_datasets:
+            print(f"Datasets smaller than one device batch, never sampled: {sampler.unused_datasets}")
+        return sampler
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        processor = self.processing_class
+        if self.saved_chat_template is None or processor is None:
+            return super()._save(output_dir, state_dict)
+        training_template = processor.chat_template
+        processor.chat_template = self.saved_chat_template
+        try:
+            super()._save(output_dir, state_dict)
+        finally:
+            processor.chat_template = training_template
+
+
+class TimeLimitCallback(TrainerCallback):
+    """Stop training, with a save, once `minutes` of wall time have passed since training began."""
+
+    def __init__(self, minutes: float) -> None:
+        self.seconds = minutes * 60.0
+        self.start: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.start is not None and time.monotonic() - self.start >= self.seconds:
+            control.should_training_stop = True
+            control.should_save = args.save_strategy != "no"
+        return control
