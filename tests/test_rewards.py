@@ -205,3 +205,14 @@ def test_offload_frees_the_gpu_and_onload_brings_it_back(tiny_path):
 def test_rewards_reject_an_empty_range():
     with pytest.raises(ValueError, match=r"input_range=\(1, 1\) must be \(low, high\)"):
         QualityReward("unused-model-id", input_range=(1, 1))
+
+
+def test_bench_rewards_prints_both_tables(tiny_path, capsys):
+    from vq_reward.cli import main
+
+    assert main(["bench-rewards", "--model", str(tiny_path), "--num-images", "2", "--repeats", "1"]) == 0
+    output = capsys.readouterr().out
+    assert "images=2 (512x384)" in output
+    for row in ("| HF processor (PIL in) |", "| ours, torch (tensor in) |", "| as_trl_reward()(image column) |"):
+        assert row in output
+    assert output.count("\n| ") == 4 + 7 + 2  # 4 + 7 rows and 2 headers (rulers start "|-")

@@ -90,10 +90,11 @@ def resize_to_budget(images: torch.Tensor, layout: QwenImageLayout) -> torch.Ten
 
 
 def normalize(images: torch.Tensor, layout: QwenImageLayout) -> torch.Tensor:
-    """`(x - mean) / std` per channel, for `(N, 3, H, W)` pixels in [0, 1]."""
-    mean = torch.tensor(layout.mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    std = torch.tensor(layout.std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    return (images - mean) / std
+    """`(x - mean) / std` per channel, for `(N, 3, H, W)` pixels in [0, 1], as one fused `x * scale + shift`."""
+    mean = torch.tensor(layout.mean, dtype=torch.float64).view(1, -1, 1, 1)
+    std = torch.tensor(layout.std, dtype=torch.float64).view(1, -1, 1, 1)
+    scale, shift = (1 / std).to(images), (-mean / std).to(images)
+    return torch.addcmul(shift, images, scale)
 
 
 def patchify(images: torch.Tensor, layout: QwenImageLayout) -> torch.Tensor:
