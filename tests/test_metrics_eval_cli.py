@@ -1,0 +1,60 @@
+"""`vq-reward eval` on the tiny checkpoint: per-dataset figures in JSON agree with the metrics of the predictions,
+the scatter plot is written, and raw label files work as well as prepared JSONL."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from vq_reward.cli import main as cli
+from vq_reward.evaluation import write_report
+from vq_reward.metrics import correlations
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    assert cli(["distort", "examples/images", str(root / "images"), "--crops", "1", "--crop-size", "56",
+                "--kinds", "darken", "noise", "--levels", "2", "4"]) == 0  # fmt: skip
+    return root
+
+
+def test_eval_on_merged_jsonl_reports_each_dataset(tiny_path, labelled, tmp_path, capsys):
+    images = labelled / "images"
+    for name in ("first", "second"):
+        assert cli(["prepare-data", "--labels", str(images / "labels.txt"), "--images", str(images),
+                    "--dataset-name", name, "--output-dir", str(tmp_path), "--no-split"]) == 0  # fmt: skip
+    merged = tmp_path / "both.jsonl"
+    assert cli(["merge-data", str(tmp_path / "first_all.jsonl"), str(tmp_path / "second_all.jsonl"),
+                "--output", str(merged)]) == 0  # fmt: skip
+    report_path, plot_path = tmp_path / "report.json", tmp_path / "scatter.png"
+    assert cli(["eval", "--labels", str(merged), "--model", str(tiny_path), "--device", "cpu",
+                "--output", str(report_path), "--plot", str(plot_path)]) == 0  # fmt: skip
+    report = json.loads(report_path.read_text())
+    assert sorted(report["datasets"]) == ["first", "second"]
+    for name, figures in report["datasets"].items():
+        members = [p for p in report["predictions"] if p["dataset_name"] == name]
+        assert figures["n"] == len(members) == 8 * 5
+        expected = correlations([p["score"] for p in members], [p["mos"] for p in members])
+        assert figures["srcc"] == pytest.approx(expected["srcc"]) and figures["krcc"] == pytest.approx(
+            expected["krcc"]
+        )
+    assert Image.open(plot_path).size[0] > 600  # two panels
+    assert "SRCC" in capsys.readouterr().out
+
+
+def test_eval_reads_a_raw_label_file(tiny_path, labelled, tmp_path):
+    out = tmp_path / "raw.json"
+    assert cli(["eval", "--labels", str(labelled / "images" / "labels.txt"), "--images", str(labelled / "images"),
+                "--model", str(tiny_path), "--device", "cpu", "--output", str(out)]) == 0  # fmt: skip
+    assert list(json.loads(out.read_text())["datasets"]) == ["labels"]  # named after the file by default
+
+
+def test_raw_label_file_needs_images(labelled, capsys):
+    assert cli(["eval", "--labels", str(labelled / "images" / "labels.txt")]) == 2
+    assert "needs --images" in capsys.readouterr().err
+
+
+def test_undefined_figures_are_null_in_json(tmp_path):
+    path = write_report({"datasets": {"A": {"n": 1, "srcc": float("nan")}}, "predictions": []}, tmp_path / "r.json")
+    assert json.loads(path.read_text())["datasets"]["A"]["srcc"] is None
