@@ -40,8 +40,11 @@ def _weights(model) -> dict[str, torch.Tensor]:
 def test_two_steps_change_the_weights_and_the_checkpoint_scores(tiny_path, train_file, tmp_path):
     before = VisualQualityScorer.from_pretrained(tiny_path)
     initial = _weights(before.model)
-    trainer = train(_args(tiny_path, train_file, tmp_path / "run"))
+    val_file = train_file.parent / "synthetic_val.jsonl"
+    evaluation = ["--eval_files", str(val_file), "--eval_strategy", "steps", "--eval_steps", "2"]
+    trainer = train(_args(tiny_path, train_file, tmp_path / "run", *evaluation, "--per_device_eval_batch_size", "8"))
     assert trainer.state.global_step == 2
+    assert any("eval_rewards/fidelity/mean" in h for h in trainer.state.log_history)  # eval ran with the reward
     moved = [n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), initial[n])]
     assert len(moved) > len(initial) // 2, f"only {len(moved)} of {len(initial)} tensors changed"
     history = [h for h in trainer.state.log_history if "fidelity/rollouts_in_scope" in h]

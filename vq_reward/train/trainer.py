@@ -52,6 +52,12 @@ class RankGRPOTrainer(GRPOTrainer):
             )
             if config.eval_strategy != "no":
                 eval_generations = config.num_generations_eval or config.num_generations
+                if eval_generations != config.num_generations:
+                    raise ValueError(
+                        f"num_generations_eval={eval_generations} differs from num_generations="
+                        f"{config.num_generations}; the rank reward groups rollouts by num_generations, so leave "
+                        "num_generations_eval unset."
+                    )
                 if config.per_device_eval_batch_size % eval_generations:
                     raise ValueError(
                         f"per_device_eval_batch_size={config.per_device_eval_batch_size} is not a multiple of "
