@@ -45,8 +45,8 @@ def format_report(report: dict) -> str:
     Example:
         >>> print(format_report({"datasets": {"A": {"n": 3, "srcc": 1.0, "plcc": 0.9, "plcc_logistic": None,
         ...                                          "krcc": 1.0}}}))
-        dataset                      n    SRCC    PLCC  PLCC(logistic)    KRCC
-        A                            3   1.000   0.900               -   1.000
+        dataset                       n    SRCC    PLCC  PLCC(logistic)    KRCC
+        A                             3   1.000   0.900               -   1.000
     """
     lines = [f"{'dataset':<24} {'n':>6} {'SRCC':>7} {'PLCC':>7} {'PLCC(logistic)':>15} {'KRCC':>7}"]
     for name, m in report["datasets"].items():

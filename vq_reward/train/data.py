@@ -81,7 +81,7 @@ def fixed_split(references: Iterable[str], val: Sequence[str], test: Sequence[st
     """Assign references from explicit val/test lists (everything else is train), e.g. `KADID10K_OFFICIAL_SPLIT`.
 
     Example:
-        >>> fixed_split(["I01", "I07", "I19"], **KADID10K_OFFICIAL_SPLIT)
+        >>> fixed_split(["I01", "I07", "I19"], val=["I07"], test=["I19"])
         {'I01': 'train', 'I07': 'val', 'I19': 'test'}
     """
     names = sorted(set(references))
