@@ -216,3 +216,12 @@ def test_bench_rewards_prints_both_tables(tiny_path, capsys):
     for row in ("| HF processor (PIL in) |", "| ours, torch (tensor in) |", "| as_trl_reward()(image column) |"):
         assert row in output
     assert output.count("\n| ") == 4 + 7 + 2  # 4 + 7 rows and 2 headers (rulers start "|-")
+
+
+@pytest.mark.slow
+def test_activation_memory_at_the_3b_width_shrinks_with_checkpointing():
+    from vq_reward.bench_rewards import activation_memory
+
+    figures = activation_memory("3B")
+    assert figures["plain MiB per text layer"] > 10 * figures["checkpointed MiB per text layer"] > 0
+    assert 1 < figures["plain GiB total"] < 10 and figures["checkpointed GiB total"] < 1

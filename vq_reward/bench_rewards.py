@@ -3,6 +3,7 @@
 
     vq-reward bench-rewards                      # tiny offline model, CPU
     vq-reward bench-rewards --model TianheWu/VisualQuality-R1-7B --device cuda
+    vq-reward bench-rewards --activation-memory  # backward memory of the differentiable reward at 3B/7B widths
 
 Preprocessing runs with the real checkpoints' pixel budget (3136..12845056), where a 512x384 image is resized to
 504x392, so both sides do the full resize, normalise and patchify. The adapter rows use the model's own budget and
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import Qwen2VLImageProcessor
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor
 
 from vq_reward.bench import synthetic_images
 from vq_reward.differentiable import QwenImageLayout, pixel_inputs
@@ -137,3 +138,80 @@ def format_tables(preprocessing: list[Timing], adapters: list[Timing]) -> str:
             f"{(timing.seconds / adapters[0].seconds - 1) * 100:+.0f}% | {(timing.seconds / same - 1) * 100:+.0f}% |"
         )
     return "\n".join(lines)
+
+
+# Widths of the released Qwen2.5-VL checkpoints: (hidden, intermediate, heads, key/value heads, text layers).
+QWEN_WIDTHS = {"3B": (2048, 11008, 16, 2, 36), "7B": (3584, 18944, 28, 4, 28)}
+VISION_BLOCKS = 32
+
+
+def activation_memory(size: str = "7B", side: int = 504, processor_path: str | None = None) -> dict[str, float]:
+    """MiB autograd keeps for the differentiable reward's backward, per text layer and per vision block, bf16.
+
+    Builds random models at the real widths with 1-2 layers (no download; the tiny tokenizer stands in, which only
+    changes the embedding), counts the distinct non-weight storages saved for backward on one `side`x`side` image,
+    and extrapolates to the real depths. About 2 minutes on CPU per size.
+    """
+    from transformers import AutoProcessor
+
+    from vq_reward.scorer import VisualQualityScorer
+    from vq_reward.testing import tiny_checkpoint
+
+    path = processor_path or tiny_checkpoint()
+    processor = AutoProcessor.from_pretrained(path, min_pixels=CHECKPOINT_MIN_PIXELS, max_pixels=CHECKPOINT_MAX_PIXELS)
+    hidden, intermediate, heads, kv_heads, layers = QWEN_WIDTHS[size]
+    result = {}
+    for checkpointing in (False, True):
+        saved = {}
+        for text_layers, vision_blocks in ((1, 1), (2, 1), (1, 2)):
+            model = _random_qwen(processor, hidden, intermediate, heads, kv_heads, text_layers, vision_blocks)
+            reward = VisualQualityScorer(model, processor).as_differentiable_reward(
+                gradient_checkpointing=checkpointing
+            )
+            saved[(text_layers, vision_blocks)] = _saved_bytes(reward, model, side) / 2**20
+        per_layer, per_block = saved[(2, 1)] - saved[(1, 1)], saved[(1, 2)] - saved[(1, 1)]
+        rest = saved[(1, 1)] - per_layer - per_block
+        key = "checkpointed" if checkpointing else "plain"
+        result[f"{key} MiB per text layer"], result[f"{key} MiB per vision block"] = per_layer, per_block
+        result[f"{key} GiB total"] = (layers * per_layer + VISION_BLOCKS * per_block + rest) / 1024
+    return result
+
+
+def _random_qwen(
+    processor, hidden: int, intermediate: int, heads: int, kv_heads: int, text_layers: int, vision_blocks: int
+) -> Qwen2_5_VLForConditionalGeneration:
+    """Random Qwen2.5-VL at the given widths; head_dim is 128 for both sizes, so the released M-RoPE sections fit."""
+    ids = processor.tokenizer.convert_tokens_to_ids
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(processor.tokenizer), "hidden_size": hidden, "intermediate_size": intermediate,
+            "num_hidden_layers": text_layers, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+            "max_window_layers": text_layers, "tie_word_embeddings": False, "pad_token_id": ids("<|endoftext|>"),
+            "bos_token_id": ids("<|endoftext|>"), "eos_token_id": ids("<|im_end|>"),
+        },
+        vision_config={
+            "depth": vision_blocks, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+            "window_size": 112, "fullatt_block_indexes": [vision_blocks - 1], "out_hidden_size": hidden,
+        },
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+    )  # fmt: skip
+    return Qwen2_5_VLForConditionalGeneration(config).to(torch.bfloat16)
+
+
+def _saved_bytes(reward: Callable, model: torch.nn.Module, side: int) -> int:
+    weights = {parameter.untyped_storage().data_ptr() for parameter in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:  # a weight kept for the backward costs no extra memory
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    pixels = torch.rand(1, 3, side, side, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        scores = reward(pixels)
+    scores.sum().backward()
+    return sum(saved.values())

@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_model_arguments(rewards)
     rewards.add_argument("--num-images", type=int, default=32)
     rewards.add_argument("--repeats", type=int, default=3, help="timed runs per row; the best one is reported")
+    rewards.add_argument("--activation-memory", action="store_true", help="only: backward memory at 3B/7B widths")
     rewards.set_defaults(run=_bench_rewards)
 
     from vq_reward.train.cli import add_commands as add_training_commands  # distort, prepare-data, merge-data, eval
@@ -137,8 +138,13 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _bench_rewards(args: argparse.Namespace) -> int:
-    from vq_reward.bench_rewards import bench_adapters, bench_preprocessing, format_tables
+    from vq_reward.bench_rewards import activation_memory, bench_adapters, bench_preprocessing, format_tables
 
+    if args.activation_memory:
+        for size in ("3B", "7B"):
+            figures = ", ".join(f"{key} {value:.2f}" for key, value in activation_memory(size).items())
+            print(f"{size}, one 504x504 image: {figures}")
+        return 0
     preprocessing = bench_preprocessing(args.num_images, args.repeats)
     adapters = bench_adapters(
         resolve_model(args.model),

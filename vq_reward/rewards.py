@@ -143,13 +143,20 @@ class DifferentiableQualityReward:
             runs in training mode during the call, which changes nothing else for Qwen2.5-VL: it has no dropout).
         device: where a lazily loaded scorer goes; `None` = `default_device()`.
 
-    Memory (estimates, not measured here): the frozen weights need no gradient or optimizer state, so the cost is
-    the weights plus the activations kept for the backward pass. bf16 weights: about 7.5 GB for the 3B and 16.6 GB
-    for the 7B (load with `dtype=torch.bfloat16`, the default on CUDA). Activations grow with the number of image
-    tokens (`H*W/784` per image, plus ~100 prompt tokens) times the layers (36 for the 3B, 28 for the 7B, plus the
-    32-block vision tower); for a 512x512 image (~330 tokens) without checkpointing expect a few GB per image on the
-    7B, and about one layer's worth with `gradient_checkpointing=True` at the cost of a second forward. Cap the
-    pixels with `from_pretrained(..., max_pixels=512*512)` (fewer tokens) and score a few images per step.
+    Memory: the frozen weights get no gradient or optimizer state, so the cost is the bf16 weights (about 7.5 GB for
+    the 3B, 16.6 GB for the 7B; bf16 is the default on CUDA) plus the activations kept for the backward pass, which
+    grow linearly with the image tokens (`H * W / 784` per image, plus ~100 prompt tokens). Measured by counting the
+    tensors autograd saves, at the real widths with 1-2 layers, extrapolated to the real depths (28 text layers for
+    the 7B, 36 for the 3B, 32 vision blocks), bf16, one 504x504 image (324 image tokens):
+
+    | model | no checkpointing | `gradient_checkpointing=True` |
+    |---|---:|---:|
+    | 7B | ~3.6 GiB per image (65 MiB per text layer, 57 MiB per vision block) | ~0.2 GiB per image |
+    | 3B | ~3.1 GiB per image (38 MiB per text layer, 57 MiB per vision block) | ~0.2 GiB per image |
+
+    (`vq-reward bench-rewards --activation-memory` recounts it on CPU; a GPU's fused attention keeps slightly less.)
+    Checkpointing adds one layer's activations at a time during the backward, and a second forward pass. To fit
+    more, cap the pixels (`from_pretrained(..., max_pixels=512 * 512)`) and score fewer images per step.
 
     Example (DRaFT-1: gradient through the last denoising step only):
         >>> reward_fn = scorer.as_differentiable_reward(input_range=(-1, 1))  # doctest: +SKIP
