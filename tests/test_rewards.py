@@ -111,6 +111,10 @@ def test_a_reward_built_from_a_model_id_loads_on_first_call(tiny_path, scorer):
     images = pil_batch(2)
     assert reward(["p", "q"], ["a", "b"], image=images) == pytest.approx(scorer.score(images).tolist(), abs=1e-6)
     assert reward.source._scorer is not None
+    budgeted = pickle.loads(pickle.dumps(QualityReward(tiny_path, load_kwargs={"max_pixels": 56 * 56 * 2})))
+    assert budgeted.source.get().max_pixels == 56 * 56 * 2  # the load arguments survive pickling
+    with pytest.raises(ValueError, match="only apply when the reward loads the scorer from a model id"):
+        QualityReward(scorer, load_kwargs={"max_pixels": 56 * 56 * 2})
 
 
 def test_trl_reward_scores_an_image_column_in_trl_s_calling_convention(scorer):

@@ -47,14 +47,24 @@ def default_device() -> torch.device:
 class _ScorerSource:
     """A scorer, or how to load one: pickles as the recipe only, loads on first use in the unpickling process."""
 
-    def __init__(self, scorer: VisualQualityScorer | str | os.PathLike, device: str | torch.device | None = None):
+    def __init__(
+        self,
+        scorer: VisualQualityScorer | str | os.PathLike,
+        device: str | torch.device | None = None,
+        load_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         self.device = device
         if isinstance(scorer, VisualQualityScorer):
+            if load_kwargs:
+                raise ValueError(
+                    f"load_kwargs={load_kwargs} only apply when the reward loads the scorer from a model id; this "
+                    "scorer is loaded already. Pass them to VisualQualityScorer.from_pretrained instead."
+                )
             self._scorer: VisualQualityScorer | None = scorer
             self.load_args = scorer._load_args
         else:
             self._scorer = None
-            self.load_args = (str(scorer), {})
+            self.load_args = (str(scorer), dict(load_kwargs or {}))
         self._loading = threading.Lock()
 
     def get(self) -> VisualQualityScorer:
@@ -90,6 +100,8 @@ class QualityReward:
             raw `vae.decode(...).sample`.
         rescale: map the 1..5 score to [0, 1], for loops that hard-code a reward scale.
         device: where a lazily loaded scorer goes; `None` = `default_device()`.
+        load_kwargs: `VisualQualityScorer.from_pretrained` arguments for a lazily loaded scorer (`dtype`,
+            `max_pixels`, `attn_implementation`, ...).
 
     Returns (per call):
         `scores`: numpy float32 `(N,)`, one per image, in input order (1..5, or 0..1 with `rescale`).
@@ -108,8 +120,9 @@ class QualityReward:
         input_range: tuple[float, float] = (0.0, 1.0),
         rescale: bool = False,
         device: str | torch.device | None = None,
+        load_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        self.source = _ScorerSource(scorer, device)
+        self.source = _ScorerSource(scorer, device, load_kwargs)
         self.input_range = _check_range(input_range)
         self.rescale = rescale
         self.__name__ = REWARD_NAME
@@ -118,7 +131,7 @@ class QualityReward:
         self, images: Images, prompts: Sequence[Any] | None = None, metadata: Sequence[Any] | None = None
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         scorer = self.source.get()
-        with scorer._lock:  # the tokenizer and the model are not safe to share between threads mid-call
+        with scorer._lock:  # one call at a time: the processor and the model are shared with every other caller
             details = scorer.score_details(images, input_range=self.input_range)
         scores = details.scores.numpy().astype(np.float32)
         if self.rescale:
@@ -142,6 +155,9 @@ class DifferentiableQualityReward:
         gradient_checkpointing: recompute activations in the backward pass (non-reentrant checkpointing; the model
             runs in training mode during the call, which changes nothing else for Qwen2.5-VL: it has no dropout).
         device: where a lazily loaded scorer goes; `None` = `default_device()`.
+        load_kwargs: `VisualQualityScorer.from_pretrained` arguments for a lazily loaded scorer.
+
+    The call also accepts and ignores `prompts` (the scorer is no-reference), so it fits `fn(images, prompts)` loops.
 
     Memory: the frozen weights get no gradient or optimizer state, so the cost is the bf16 weights (about 7.5 GB for
     the 3B, 16.6 GB for the 7B; bf16 is the default on CUDA) plus the activations kept for the backward pass, which
@@ -170,8 +186,9 @@ class DifferentiableQualityReward:
         input_range: tuple[float, float] = (0.0, 1.0),
         gradient_checkpointing: bool = False,
         device: str | torch.device | None = None,
+        load_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        self.source = _ScorerSource(scorer, device)
+        self.source = _ScorerSource(scorer, device, load_kwargs)
         self.input_range = _check_range(input_range)
         self.gradient_checkpointing = gradient_checkpointing
         self.__name__ = REWARD_NAME
@@ -222,6 +239,8 @@ class TrlQualityReward:
             Called once per batch as `image_fn(prompts=prompts, completions=texts, **columns)` with the completion
             texts (plain strings), returning one image or `None` (cannot render) per completion.
         device: where a lazily loaded scorer goes; `None` = `default_device()`.
+        load_kwargs: `VisualQualityScorer.from_pretrained` arguments for a lazily loaded scorer, e.g.
+            `{"dtype": torch.bfloat16, "max_pixels": 512 * 512}`.
 
     A completion whose image is `None` gets `None` (TRL gives a row that every reward skips an advantage of 0).
     The same image object in several rows (G completions of one dataset image) is scored once. When TRL passes
@@ -240,10 +259,11 @@ class TrlQualityReward:
         image_key: str | None = "image",
         image_fn: Callable[..., Sequence[Any]] | None = None,
         device: str | torch.device | None = None,
+        load_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if image_key is None and image_fn is None:
             raise ValueError("TrlQualityReward needs image_key (a dataset/rollout column) or image_fn; both are None.")
-        self.source = _ScorerSource(scorer, device)
+        self.source = _ScorerSource(scorer, device, load_kwargs)
         self.image_key = image_key
         self.image_fn = image_fn
         self.__name__ = REWARD_NAME
