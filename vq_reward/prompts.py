@@ -45,6 +45,9 @@ QINSIGHT_COMPARE_QUESTION = (
     "Image B, or Similar."
 )
 
+# Q-Insight always reasons first; readouts force an empty thought (its format needs the newlines) and the answer.
+QINSIGHT_ANSWER_PREFIX = "<think>\n\n</think>\n<answer>\n"
+
 # What the single-token readout appends after the assistant turn starts: the next token is the first digit.
 ANSWER_PREFIX = "<answer>"
 

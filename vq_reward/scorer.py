@@ -14,7 +14,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from PIL import Image
@@ -26,6 +26,7 @@ from vq_reward.parsing import parse_answer
 
 
 if TYPE_CHECKING:
+    from vq_reward.qinsight import Comparison, Degradation
     from vq_reward.rewards import DifferentiableQualityReward, QualityReward, TrlQualityReward
 
 
@@ -74,9 +75,15 @@ class VisualQualityScorer:
     Args:
         model: a Qwen2.5-VL image-text-to-text model (the VisualQuality-R1 checkpoints are).
         processor: its processor. Its pixel budget (`image_processor.size`) is the one images are resized to.
-        question: the question text; the VisualQuality-R1 prompt by default.
-        system: a system prompt; `None` keeps the chat template's default, as in the official training.
-        answer_prefix: text forced after the assistant turn starts, so the next token is the score's first digit.
+        prompt_style: "visualquality-r1" (default) or "q-insight": which model's prompts and answer format `score`
+            and `generate` use. Q-Insight checkpoints get Q-Insight's system prompt and score question, and the
+            readout forces an empty `<think>` block and `<answer>\n{"rating": ` (see `vq_reward.qinsight`).
+        question: the question text; the style's own by default (wrapped in the VisualQuality-R1 answer template
+            for that style, used as it is for Q-Insight).
+        system: a system prompt; `None` keeps the style's (the chat template's default for VisualQuality-R1, as in
+            its official training).
+        answer_prefix: text forced after the assistant turn starts, so the next token is the score's first digit;
+            `None` keeps the style's.
         batch_size: images per forward pass, unless a call says otherwise.
         add_vision_id: label images "Picture 1: " (the official README does, the official training does not).
         max_input_pixels: larger inputs are refused before decoding (decompression-bomb guard).
@@ -95,18 +102,23 @@ class VisualQualityScorer:
         model: PreTrainedModel,
         processor: ProcessorMixin,
         *,
-        question: str = prompts.QUALITY_QUESTION,
+        prompt_style: Literal["visualquality-r1", "q-insight"] = "visualquality-r1",
+        question: str | None = None,
         system: str | None = None,
-        answer_prefix: str = prompts.ANSWER_PREFIX,
+        answer_prefix: str | None = None,
         batch_size: int = 8,
         add_vision_id: bool = False,
         max_input_pixels: int = MAX_INPUT_PIXELS,
     ) -> None:
         self.model = model.eval().requires_grad_(False)
         self.processor = processor
-        self.question = question
-        self.system = system
-        self.answer_prefix = answer_prefix
+        if prompt_style not in _STYLE_DEFAULTS:
+            raise ValueError(f"prompt_style must be one of {sorted(_STYLE_DEFAULTS)}, got {prompt_style!r}.")
+        defaults = _STYLE_DEFAULTS[prompt_style]
+        self.prompt_style = prompt_style
+        self.question = question if question is not None else defaults["question"]
+        self.system = system if system is not None else defaults["system"]
+        self.answer_prefix = answer_prefix if answer_prefix is not None else defaults["answer_prefix"]
         self.batch_size = batch_size
         self.add_vision_id = add_vision_id
         self.max_input_pixels = max_input_pixels
@@ -347,9 +359,48 @@ class VisualQualityScorer:
         for start in range(0, len(order), size):
             yield order[start : start + size]
 
+    def degradation(self, images: Images, thinking: bool = False, **generate_kwargs) -> "list[Degradation]":
+        """Q-Insight degradation perception: distortion class and severity of each image.
+
+        `thinking=False` is the deterministic one-forward readout over the closed set of answers (probabilities
+        of every class and severity); `thinking=True` samples the model's reasoning and parses its answer
+        (`generate_kwargs` go to `model.generate`). Meaningful on Q-Insight-trained checkpoints; see
+        `vq_reward.qinsight`.
+
+        Example:
+            >>> scorer.degradation("photo.jpg")[0].distortion_class  # doctest: +SKIP
+            'blur'
+        """
+        from vq_reward import qinsight
+
+        if thinking:
+            return qinsight.generate_degradation(self, images, **generate_kwargs)
+        return qinsight.read_degradation(self, images)
+
+    def compare(
+        self, reference: Images, image_a: Images, image_b: Images, thinking: bool = False, **generate_kwargs
+    ) -> "list[Comparison]":
+        """Q-Insight comparison: is enhanced image A or B better, given the degraded reference, or are they similar?
+
+        One result per (reference, A, B) triple, as "Image A", "Image B" or "Similar"; readout or generate path as
+        in `degradation`.
+
+        Example:
+            >>> scorer.compare("lq.png", "sr_a.png", "sr_b.png")[0].probs  # doctest: +SKIP
+            {'Image A': 0.71, 'Image B': 0.18, 'Similar': 0.11}
+        """
+        from vq_reward import qinsight
+
+        if thinking:
+            return qinsight.generate_comparison(self, reference, image_a, image_b, **generate_kwargs)
+        return qinsight.read_comparison(self, reference, image_a, image_b)
+
     def _prompt(self, thinking: bool) -> str:
         if thinking not in self._prompt_cache:
-            message = prompts.image_message(prompts.quality_prompt(thinking, self.question), self.system)
+            text = (
+                self.question if self.prompt_style == "q-insight" else prompts.quality_prompt(thinking, self.question)
+            )
+            message = prompts.image_message(text, self.system)
             self._prompt_cache[thinking] = self.processor.apply_chat_template(
                 message, tokenize=False, add_generation_prompt=True, add_vision_id=self.add_vision_id
             )
@@ -375,6 +426,16 @@ class VisualQualityScorer:
             output = self.model.generate(**inputs, **settings)
         completions = output[:, inputs["input_ids"].shape[1] :]
         return self.processor.batch_decode(completions, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+_STYLE_DEFAULTS: dict[str, dict[str, str | None]] = {
+    "visualquality-r1": {"question": prompts.QUALITY_QUESTION, "system": None, "answer_prefix": prompts.ANSWER_PREFIX},
+    "q-insight": {
+        "question": prompts.QINSIGHT_SCORE_QUESTION,
+        "system": prompts.QINSIGHT_SYSTEM,
+        "answer_prefix": prompts.QINSIGHT_ANSWER_PREFIX + '{"rating": ',
+    },
+}
 
 
 def _rating(text: str) -> Rating:
