@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from vq_reward.testing import resolve_model
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vq-reward", description=__doc__.splitlines()[0])
@@ -20,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
 
     score = commands.add_parser("score", help="score image files and folders into a resumable JSONL file")
     score.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
-    _add_model_arguments(score)
+    add_model_arguments(score)
     score.add_argument("--output", required=True, help="JSONL file; rerunning with the same file resumes")
     score.add_argument("--thinking", action="store_true", help="generate reasoning too (sampled, slower)")
     score.add_argument("--batch-size", type=int, default=8)
@@ -33,14 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     tiny.set_defaults(run=_make_tiny)
 
     bench = commands.add_parser("bench", help="score() vs the reference generate+parse path: images/s and memory")
-    _add_model_arguments(bench)
+    add_model_arguments(bench)
     bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     bench.add_argument("--num-images", type=int, default=64)
     bench.add_argument("--answer-tokens", type=int, default=10, help="tokens the reference path generates")
     bench.set_defaults(run=_bench)
 
     rewards = commands.add_parser("bench-rewards", help="reward adapters: preprocessing vs HF, overhead vs score()")
-    _add_model_arguments(rewards)
+    add_model_arguments(rewards)
     rewards.add_argument("--num-images", type=int, default=32)
     rewards.add_argument("--repeats", type=int, default=3, help="timed runs per row; the best one is reported")
     rewards.add_argument("--activation-memory", action="store_true", help="only: backward memory at 3B/7B widths")
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     return args.run(args) or 0
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny", help="hub id or folder; 'tiny' = offline random smoke model")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -65,16 +67,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=int, default=None)
 
 
-def resolve_model(name: str) -> str:
-    """'tiny' means the offline smoke checkpoint (built on first use); anything else is a hub id or folder."""
-    if name == "tiny":
-        from vq_reward.testing import tiny_checkpoint
-
-        return str(tiny_checkpoint())
-    return name
-
-
 def load_scorer(args: argparse.Namespace, batch_size: int = 8):
+    """The scorer the `--model/--device/--dtype/--min-pixels/--max-pixels` arguments ask for."""
     from vq_reward.scorer import VisualQualityScorer
 
     if args.model == "tiny":

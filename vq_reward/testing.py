@@ -104,6 +104,16 @@ def tiny_checkpoint(cache_dir: str | os.PathLike | None = None) -> Path:
     return path
 
 
+def resolve_model(name: str) -> str:
+    """'tiny' means the offline smoke checkpoint (built on first use); anything else is a hub id or folder, as is.
+
+    Example:
+        >>> resolve_model("TianheWu/VisualQuality-R1-7B")
+        'TianheWu/VisualQuality-R1-7B'
+    """
+    return str(tiny_checkpoint()) if name == "tiny" else name
+
+
 def _build_tokenizer() -> Qwen2Tokenizer:
     bpe = Tokenizer(
         models.BPE(unk_token=None, continuing_subword_prefix="", end_of_word_suffix="", byte_fallback=False)

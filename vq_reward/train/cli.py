@@ -14,7 +14,7 @@ from pathlib import Path
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Register `distort`, `prepare-data`, `merge-data` and `eval` on the `vq-reward` parser."""
-    from vq_reward.cli import _add_model_arguments
+    from vq_reward.cli import add_model_arguments
 
     distort = commands.add_parser("distort", help="write graded synthetic degradations of a folder of clean images")
     distort.add_argument("source_dir")
@@ -50,7 +50,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--images", default=None, help="image folder of a raw label file")
     evaluate.add_argument("--dataset-name", default=None, help="name for a raw label file (default: its stem)")
     _add_label_arguments(evaluate)
-    _add_model_arguments(evaluate)
+    add_model_arguments(evaluate)
     evaluate.add_argument("--batch-size", type=int, default=8)
     evaluate.add_argument("--output", default=None, help="JSON report (default: print only)")
     evaluate.add_argument("--plot", default=None, help="scatter plot PNG of predictions against MOS")

@@ -20,7 +20,7 @@ import sys
 
 import torch
 
-from vq_reward.testing import tiny_checkpoint
+from vq_reward.testing import resolve_model
 from vq_reward.train import require_trl
 from vq_reward.train.config import VQScriptArguments
 from vq_reward.train.dataset import build_dataset, digit_token_ids, load_rows, with_answer_prefix
@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     model_path = model_args.model_name_or_path
     if model_path is None:
         raise ValueError("set --model_name_or_path: a hub id, a local checkpoint, or 'tiny' (offline random model).")
-    if model_path == "tiny":  # the offline random smoke checkpoint, built on first use
-        model_path = str(tiny_checkpoint())
+    model_path = resolve_model(model_path)  # "tiny": the offline random smoke checkpoint, built on first use
 
     # Processor: left padding is mandatory (TRL re-tokenizes prompts for the loss forward with the tokenizer's own
     # padding side, trl#5785), and the pixel budget is pinned and checked.
