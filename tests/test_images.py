@@ -8,7 +8,7 @@ from conftest import noise_image
 from PIL import Image
 from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as hf_smart_resize
 
-from vq_reward.images import ImageInputError, load_image, pil_to_rgb, smart_resize, to_rgb_images
+from vq_reward.images import ImageInputError, load_image, pil_to_rgb, resize_for_model, smart_resize, to_rgb_images
 
 
 @pytest.mark.parametrize("height", [28, 29, 41, 55, 100, 384, 512, 777, 1080, 4000])
@@ -141,3 +141,17 @@ def test_bad_inputs_name_the_input_and_the_fix(images, message):
 def test_position_in_a_list_is_named(tmp_path):
     with pytest.raises(ImageInputError, match=r"images\[2\] \(torch \(3, 32, 32\) torch\.float32\) contains NaN"):
         to_rgb_images([noise_image(32, 32), noise_image(40, 40), torch.full((3, 32, 32), float("nan"))])
+
+
+@pytest.mark.parametrize(("width", "height"), [(512, 384), (1000, 300), (60, 50), (29, 400), (64, 64)])
+def test_resize_matches_the_official_loader(width, height):
+    # qwen-vl-utils is what the official README loads images with; our canonical form must be pixel-identical.
+    qwen_vl_utils = pytest.importorskip("qwen_vl_utils")
+    image = noise_image(width, height, seed=width)
+    official = qwen_vl_utils.fetch_image({"image": image, "min_pixels": 3136, "max_pixels": 50176})
+    ours = resize_for_model(image, 3136, 50176)
+    assert ours.size == official.size and np.array_equal(np.asarray(ours), np.asarray(official))
+    transparent = Image.new("RGBA", (64, 64), (10, 20, 30, 0))
+    assert np.array_equal(
+        np.asarray(pil_to_rgb(transparent)), np.asarray(qwen_vl_utils.fetch_image({"image": transparent}))
+    )
