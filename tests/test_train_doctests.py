@@ -6,8 +6,9 @@ import importlib
 import pytest
 
 
-MODULES = ["vq_reward.metrics", "vq_reward.distortions", "vq_reward.evaluation"] + [
-    f"vq_reward.train.{name}" for name in ("data", "labels", "rewards", "sampler", "dataset")
+MODULES = ["vq_reward.metrics", "vq_reward.distortions", "vq_reward.evaluation", "vq_reward.qinsight"] + [
+    f"vq_reward.train.{name}"
+    for name in ("data", "labels", "rewards", "sampler", "dataset", "qinsight_rewards", "qinsight_data", "closed_set")
 ]
 
 

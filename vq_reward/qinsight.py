@@ -235,3 +235,40 @@ def _generate(scorer, images: list[Image.Image], prompt: str, generate_kwargs: d
     with scorer._lock, torch.inference_mode():
         output = scorer.model.generate(**inputs, **settings)
     return scorer.processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
+
+
+_RATING = re.compile(r'"rating"\s*:\s*([\d\.]+)')
+
+
+def parse_rating(text: str) -> float | None:
+    """The `"rating": x` of the first `<answer>` block (Q-Insight's score reward reads it so), else `None`.
+
+    Only digits and dots are read, as Q-Insight's regex does: a negative or malformed number ("4.5.1") is `None`.
+
+    Example:
+        >>> parse_rating('<think>\\nsharp\\n</think>\\n<answer>\\n{"rating": 4.25}\\n</answer>')
+        4.25
+        >>> parse_rating('<answer>{"rating": 2}</answer><answer>{"rating": 5}</answer>')
+        2.0
+        >>> parse_rating('{"rating": 3}') is None  # no answer block
+        True
+    """
+    answer = _ANSWER.search(text)
+    found = _RATING.search(answer.group(1)) if answer else None
+    if found is None:
+        return None
+    try:
+        return float(found.group(1))
+    except ValueError:  # "4.5.1" or "." match the character class but are no number
+        return None
+
+
+def degradation_answers() -> list[tuple[str, str]]:
+    """Every (class, severity) answer of the closed set the degradation readout scores, in its order.
+
+    Example:
+        >>> answers = degradation_answers()
+        >>> len(answers), answers[0], answers[-1]
+        (21, ('noise', 'slight'), ('null', 'null'))
+    """
+    return list(_DEGRADATION_ANSWERS)

@@ -1,4 +1,4 @@
-"""RL2R GRPO retraining of the scorer (VisualQuality-R1) on stock TRL: data, rewards, sampler, entry point.
+"""RL2R GRPO retraining of the scorer (VisualQuality-R1, and Q-Insight's multi-task variant) on stock TRL.
 
 Needs the `train` extra: `pip install 'vq-reward[train]'`. Importing this package is light; the modules that need
 TRL (`rewards` only needs torch) import it themselves and say which extra to install when it is missing.
@@ -9,9 +9,11 @@ TRL (`rewards` only needs torch) import it themselves and say which extra to ins
         --config train/recipes/kadid_vqr1.yaml
 
 Modules: `labels` (read MOS label files), `data` (normalise, split, JSONL, merge), `rewards` (fidelity rank reward,
-answer format reward), `sampler` (dataset-homogeneous batches), `dataset` (JSONL rows -> TRL dataset and prompts),
-`trainer` (the thin GRPOTrainer subclass), `config` (script arguments), `grpo` (the entry point), `cli` (the
-`vq-reward` subcommands).
+answer format reward, the reward registry), `qinsight_rewards` (Q-Insight's score, degradation, format and
+comparison rewards), `qinsight_data` (degradation and comparison rows), `closed_set` (rollouts drawn from the
+readouts' closed answer sets), `sampler` (dataset-homogeneous batches), `dataset` (JSONL rows -> TRL dataset and
+prompts), `trainer` (the thin GRPOTrainer subclass), `config` (script arguments), `grpo` (the entry point), `cli`
+(the `vq-reward` subcommands).
 """
 
 

@@ -4,6 +4,8 @@ vq-reward distort examples/images data/synthetic --crops 4                 # gra
 vq-reward prepare-data --labels dmos.csv --format kadid10k --images kadid/images --dataset-name KADID-10K \\
     --output-dir data/ --official-kadid-split
 vq-reward merge-data data/KADID-10K_train.jsonl data/KonIQ-10k_train.jsonl --output data/mix_train.jsonl
+vq-reward prepare-degradation --labels data/synthetic/distortions.jsonl --dataset-name synthetic --output-dir data/
+vq-reward prepare-comparison --distortions data/synthetic/distortions.jsonl --dataset-name synthetic --output-dir data/
 vq-reward eval --labels data/KADID-10K_test.jsonl --model runs/kadid --output eval/kadid.json --plot eval/kadid.png
 """
 
@@ -13,7 +15,7 @@ from pathlib import Path
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Register `distort`, `prepare-data`, `merge-data` and `eval` on the `vq-reward` parser."""
+    """Register `distort`, `prepare-data`, `prepare-degradation`, `prepare-comparison`, `merge-data` and `eval`."""
     from vq_reward.cli import add_model_arguments
 
     distort = commands.add_parser("distort", help="write graded synthetic degradations of a folder of clean images")
@@ -39,6 +41,33 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     prepare.add_argument("--no-split", action="store_true", help="write one NAME_all.jsonl (test-only datasets)")
     prepare.add_argument("--official-kadid-split", action="store_true", help="the official run's KADID-10K split")
     prepare.set_defaults(run=_prepare)
+
+    degradation = commands.add_parser(
+        "prepare-degradation", help="Q-Insight degradation rows (image, class, severity) -> split JSONL"
+    )
+    degradation.add_argument("--labels", required=True, help="JSON list or JSONL of {image, distortion_class, "
+                             "severity[, reference]}: `distort`'s distortions.jsonl, or official metas")  # fmt: skip
+    degradation.add_argument("--images", default=None, help="folder the image names are relative to (default: the "
+                             "labels file's folder)")  # fmt: skip
+    degradation.add_argument("--reference-pattern", default=None, help="regex whose first group in the image "
+                             "name is the content, for labels without `reference` (default: the image)")  # fmt: skip
+    _add_split_arguments(degradation)
+    degradation.set_defaults(run=_prepare_degradation)
+
+    comparison = commands.add_parser(
+        "prepare-comparison", help="Q-Insight comparison rows (reference, A, B, result) -> split JSONL"
+    )
+    source = comparison.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pairs", help="official pairs: JSON list or JSONL of {ref_image, ImageA, ImageB, result}")
+    source.add_argument("--distortions", help="distortions.jsonl of `distort`: pairs of distorted versions of one "
+                        "clean crop, the clean crop as reference, the less degraded one better")  # fmt: skip
+    comparison.add_argument("--images", default=None, help="folder the image names are relative to (default: the "
+                            "labels file's folder)")  # fmt: skip
+    comparison.add_argument("--pairs-per-reference", type=int, default=8, help="with --distortions")
+    comparison.add_argument("--similar-fraction", type=float, default=0.2, help="with --distortions: share of "
+                            "equal-severity 'Similar' pairs (official data: 0.2)")  # fmt: skip
+    _add_split_arguments(comparison)
+    comparison.set_defaults(run=_prepare_comparison)
 
     merge = commands.add_parser("merge-data", help="concatenate JSONL data files, keeping each row's dataset_name")
     merge.add_argument("files", nargs="+")
@@ -66,6 +95,53 @@ def _add_label_arguments(parser: argparse.ArgumentParser) -> None:
                         "name, is the reference image, e.g. '^(I\\d+)_' for KADID names")  # fmt: skip
     parser.add_argument("--lower-is-better", action="store_true", help="the file holds DMOS: flip so 5 is best")
     parser.add_argument("--skip-bad-rows", action="store_true", help="skip and report bad lines instead of failing")
+
+
+def _add_split_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset-name", required=True, help="kept in every row")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--ratios", nargs=3, type=float, default=[0.6, 0.2, 0.2], help="train val test, by content")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the content shuffle (and of the pairs)")
+    parser.add_argument("--no-split", action="store_true", help="write one NAME_TASK_all.jsonl")
+
+
+def _write_splits(args: argparse.Namespace, rows: list[dict], task: str) -> None:
+    from vq_reward.train import data
+
+    splits = ("all",) if args.no_split else data.SPLITS
+    if not args.no_split:
+        split = data.split_references([row["reference"] for row in rows], tuple(args.ratios), args.seed)
+        for row in rows:
+            row["split"] = split[row["reference"]]
+    for name in splits:
+        chosen = [row for row in rows if row["split"] == name]
+        path = data.write_jsonl(chosen, Path(args.output_dir) / f"{args.dataset_name}_{task}_{name}.jsonl")
+        print(f"{path}: {len(chosen)} rows")
+
+
+def _prepare_degradation(args: argparse.Namespace) -> int:
+    from vq_reward.train.qinsight_data import degradation_rows, read_label_objects
+
+    labels = read_label_objects(args.labels)
+    images = args.images or str(Path(args.labels).parent)
+    rows = degradation_rows(labels, images, args.dataset_name, reference_pattern=args.reference_pattern)
+    _write_splits(args, rows, "degradation")
+    return 0
+
+
+def _prepare_comparison(args: argparse.Namespace) -> int:
+    from vq_reward.train.qinsight_data import comparison_rows, read_label_objects, synthetic_comparisons
+
+    source = args.pairs or args.distortions
+    labels = read_label_objects(source)
+    images = args.images or str(Path(source).parent)
+    if args.pairs:
+        rows = comparison_rows(labels, images, args.dataset_name)
+    else:
+        rows = synthetic_comparisons(labels, images, args.dataset_name, pairs_per_reference=args.pairs_per_reference,
+                                     similar_fraction=args.similar_fraction, seed=args.seed)  # fmt: skip
+    _write_splits(args, rows, "comparison")
+    return 0
 
 
 def _distort(args: argparse.Namespace) -> int:

@@ -40,9 +40,35 @@ class VQScriptArguments:
             "max_completion_length=1. Exact policy gradient of the digit distribution that score() reads."
         },
     )
-    question: str = field(default=prompts.QUALITY_QUESTION, metadata={"help": "The question text of the prompt."})
+    prompt_style: str = field(
+        default="visualquality-r1",
+        metadata={
+            "help": "Which model's prompts: visualquality-r1 (score rows: its question, no system turn) or q-insight "
+            "(Q-Insight's system prompt and questions, verbatim, for score, degradation and comparison rows; the "
+            "answer prefix becomes '<think>\\n\\n</think>\\n<answer>\\n').",
+            "choices": ["visualquality-r1", "q-insight"],
+        },
+    )
+    closed_set_sampling: bool = field(
+        default=False,
+        metadata={
+            "help": "q-insight with answer_prefix: sample each answer from the closed set that the scorer's "
+            "readouts score (degradation: 21 class/severity answers; comparison: Image A/Image B/Similar; score: "
+            "'{\"rating\": d' for d in 1..5), in proportion to the model's likelihood of each. Exact policy "
+            "gradient of the readout's distribution with a loss_type that does not divide by each completion's "
+            "length (dr_grpo, dapo, bnpo). See vq_reward/train/closed_set.py.",
+        },
+    )
+    question: str = field(
+        default=prompts.QUALITY_QUESTION,
+        metadata={"help": "The question text of the visualquality-r1 prompt (q-insight uses its own, verbatim)."},
+    )
     system_prompt: str | None = field(
-        default=None, metadata={"help": "A system turn; None keeps the chat template's default (official)."}
+        default=None,
+        metadata={
+            "help": "visualquality-r1: a system turn; None keeps the chat template's default (official). q-insight "
+            "always uses Q-Insight's system prompt."
+        },
     )
     min_pixels: int | None = field(
         default=None, metadata={"help": "Pixel budget lower bound; None keeps the checkpoint's (3136 for 7B)."}
@@ -52,7 +78,15 @@ class VQScriptArguments:
     )
     reward_funcs: list[str] = field(
         default_factory=lambda: ["fidelity", "format"],
-        metadata={"help": "Rewards, summed (weights: GRPOConfig.reward_weights). Available: fidelity, format."},
+        metadata={
+            "help": "Rewards, summed (weights: GRPOConfig.reward_weights). VisualQuality-R1: fidelity, format. "
+            "Q-Insight: score_threshold, degradation, qinsight_format (score and degradation rows), comparison, "
+            "comparison_format. Each scores only its own task's rows."
+        },
+    )
+    score_threshold: float = field(
+        default=0.35,
+        metadata={"help": "score_threshold reward: 1 if |rating - MOS| < this, else 0 (official 0.35)."},
     )
     fidelity_scope: str = field(
         default="local",
@@ -99,6 +133,17 @@ class VQScriptArguments:
             raise ValueError("answer_prefix needs thinking=False: the '<answer>' prefix skips the reasoning.")
         if self.digit_only and not self.answer_prefix:
             raise ValueError("digit_only needs answer_prefix=True: only then is the first completion token a digit.")
+        if self.prompt_style not in ("visualquality-r1", "q-insight"):
+            raise ValueError(f"prompt_style must be 'visualquality-r1' or 'q-insight', got {self.prompt_style!r}.")
+        if self.digit_only and self.prompt_style == "q-insight":
+            raise ValueError(
+                "digit_only is for the visualquality-r1 '<answer>' prefix; use closed_set_sampling with q-insight."
+            )
+        if self.closed_set_sampling and not (self.prompt_style == "q-insight" and self.answer_prefix):
+            raise ValueError(
+                "closed_set_sampling needs prompt_style='q-insight' and answer_prefix=True (with thinking=False): "
+                "the closed-set answers follow Q-Insight's forced answer prefix."
+            )
         if self.fidelity_scope not in ("local", "global"):
             raise ValueError(f"fidelity_scope must be 'local' or 'global', got {self.fidelity_scope!r}.")
         if self.parse_failure not in ("exclude", "random"):
@@ -106,5 +151,11 @@ class VQScriptArguments:
 
     @property
     def answer_prefix_text(self) -> str:
-        """The text forced at the start of the answer: "<answer>" with `answer_prefix`, else ""."""
-        return prompts.ANSWER_PREFIX if self.answer_prefix else ""
+        """The text forced at the start of the answer with `answer_prefix`, else "".
+
+        "<answer>" for visualquality-r1; an empty reasoning block and "<answer>\\n" for q-insight (exactly what the
+        scorer's Q-Insight readouts force).
+        """
+        if not self.answer_prefix:
+            return ""
+        return prompts.QINSIGHT_ANSWER_PREFIX if self.prompt_style == "q-insight" else prompts.ANSWER_PREFIX

@@ -10,7 +10,14 @@ A row (one JSON object per line):
     {"id": 0, "image": "/data/kadid/I01_01_01.png", "dataset_name": "KADID-10K", "task": "score",
      "mos": 4.6336, "mos_raw": 4.57, "std": null, "reference": "I01", "split": "train"}
 
-`task` routes a row to its prompt and rewards ("score" here; other task families add their own values).
+`task` routes a row to its prompt and rewards. Q-Insight adds two tasks (rows from `vq_reward.train.qinsight_data`):
+
+    {"id": 1, "image": "/data/synth/chelsea__c0__blur3.png", "dataset_name": "synthetic", "task": "degradation",
+     "distortion_class": "blur", "severity": "obvious", "reference": "chelsea__c0", "split": "train"}
+    {"id": 2, "images": ["/data/ref.png", "/data/a.png", "/data/b.png"], "dataset_name": "synthetic",
+     "task": "comparison", "result": "Image A", "reference": "chelsea__c0", "split": "train"}
+
+One JSONL may mix tasks; each row is checked for its own task's keys (`TASK_KEYS`).
 """
 
 import json
@@ -24,7 +31,16 @@ from vq_reward.train.labels import LabelRow
 
 
 SPLITS = ("train", "val", "test")
-REQUIRED_KEYS = ("image", "dataset_name", "mos")
+SCORE_TASK = "score"  # a row without a `task` is a score row
+DEGRADATION_TASK = "degradation"
+COMPARISON_TASK = "comparison"
+# The keys each task's rows must have (a comparison row's `images` are the reference, image A and image B).
+TASK_KEYS = {
+    SCORE_TASK: ("image", "dataset_name", "mos"),
+    DEGRADATION_TASK: ("image", "distortion_class", "severity"),
+    COMPARISON_TASK: ("images", "result"),
+}
+REQUIRED_KEYS = TASK_KEYS[SCORE_TASK]
 
 # The official KADID-10K split (the committed KADID-10K_{val,test}_set.txt); the other 49 references are train.
 KADID10K_OFFICIAL_SPLIT = {
@@ -133,10 +149,11 @@ def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
     return path
 
 
-def read_jsonl(path: str | Path, required: Sequence[str] = REQUIRED_KEYS) -> list[dict]:
-    """Read a JSONL data file, checking every line has the `required` keys.
+def read_jsonl(path: str | Path, required: Sequence[str] | None = None) -> list[dict]:
+    """Read a JSONL data file, checking every line has the `required` keys (default: the keys of its `task`).
 
-    A relative `image` path is resolved against the file's folder, so a data folder can be moved as a whole.
+    Relative `image` / `images` paths are resolved against the file's folder, so a data folder can be moved as a
+    whole.
 
     Example:
         >>> rows = read_jsonl("data/KADID-10K_train.jsonl")  # doctest: +SKIP
@@ -154,15 +171,27 @@ def read_jsonl(path: str | Path, required: Sequence[str] = REQUIRED_KEYS) -> lis
             raise DataFileError(f"{path}:{number}: not valid JSON ({error.msg}).") from None
         if not isinstance(row, dict):
             raise DataFileError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}.")
-        missing = [key for key in required if key not in row]
+        task = row.get("task", SCORE_TASK)
+        if required is None and task not in TASK_KEYS:
+            raise DataFileError(f"{path}:{number}: unknown task {task!r}; known tasks: {sorted(TASK_KEYS)}.")
+        needed = TASK_KEYS[task] if required is None else required
+        missing = [key for key in needed if key not in row]
         if missing:
-            raise DataFileError(f"{path}:{number}: missing {missing}; rows need {list(required)}.")
-        if "image" in row and isinstance(row["image"], str) and not Path(row["image"]).is_absolute():
-            row["image"] = str((path.parent / row["image"]).resolve())
+            raise DataFileError(f"{path}:{number}: missing {missing}; {task} rows need {list(needed)}.")
+        if isinstance(row.get("image"), str):
+            row["image"] = _resolve(path, row["image"])
+        if "images" in row:
+            if not isinstance(row["images"], list) or not all(isinstance(i, str) for i in row["images"]):
+                raise DataFileError(f"{path}:{number}: `images` must be a list of paths, got {row['images']!r}.")
+            row["images"] = [_resolve(path, image) for image in row["images"]]
         rows.append(row)
     if not rows:
         raise DataFileError(f"{path}: the data file has no rows.")
     return rows
+
+
+def _resolve(data_file: Path, image: str) -> str:
+    return image if Path(image).is_absolute() else str((data_file.parent / image).resolve())
 
 
 def merge_rows(sources: Sequence[Sequence[dict]]) -> list[dict]:
@@ -189,7 +218,9 @@ class DataSummary:
     def of(cls, rows: Iterable[dict]) -> "DataSummary":
         counts: dict[str, Counter] = {}
         for row in rows:
-            counts.setdefault(row["dataset_name"], Counter())[row.get("split", "all")] += 1
+            task = row.get("task", SCORE_TASK)
+            name = str(row.get("dataset_name")) + ("" if task == SCORE_TASK else f" ({task})")
+            counts.setdefault(name, Counter())[row.get("split", "all")] += 1
         return cls({name: dict(counter) for name, counter in counts.items()})
 
     def __str__(self) -> str:

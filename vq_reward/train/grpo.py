@@ -1,4 +1,4 @@
-"""Retrain a VisualQuality-R1 scorer with RL2R GRPO on stock TRL. Reads top to bottom.
+"""Retrain a VisualQuality-R1 scorer with RL2R GRPO on stock TRL (or Q-Insight's multi-task GRPO). Reads top to bottom.
 
 What it does: loads JSONL rows from `vq-reward prepare-data`, builds the VisualQuality-R1 prompt for each image,
 samples G answers per image with the policy, rewards each answer by how well it ranks its image against the other
@@ -6,11 +6,16 @@ images of the same dataset on the device (fidelity reward) plus the answer forma
 GRPO. Each device's batch holds whole groups of images of one dataset. Checkpoints load with
 `VisualQualityScorer.from_pretrained`.
 
+Q-Insight (`prompt_style: q-insight`): score, degradation and comparison rows (one JSONL may mix them; see
+`vq-reward prepare-degradation` / `prepare-comparison`) get Q-Insight's prompts, and each row is rewarded by its
+own task's rewards (`qinsight_rewards`); recipes train/recipes/qinsight_*.yaml.
+
 Launch (one process per GPU; accelerate or torchrun):
 
     accelerate launch --config_file train/accelerate/deepspeed_zero3.yaml -m vq_reward.train.grpo \\
         --config train/recipes/kadid_vqr1.yaml
     python -m vq_reward.train.grpo --config train/recipes/tiny_cpu.yaml          # CPU smoke run, tiny model
+    python -m vq_reward.train.grpo --config train/recipes/qinsight_tiny_cpu.yaml # Q-Insight CPU smoke run
 
 Any field of `VQScriptArguments`, `GRPOConfig` or `ModelConfig` can be set in the YAML or on the command line
 (`--learning_rate 1e-6`); the command line wins.
@@ -22,7 +27,9 @@ import torch
 
 from vq_reward.testing import resolve_model
 from vq_reward.train import require_trl
+from vq_reward.train.closed_set import ClosedSetSampler
 from vq_reward.train.config import VQScriptArguments
+from vq_reward.train.data import SCORE_TASK
 from vq_reward.train.dataset import build_dataset, digit_token_ids, load_rows, with_answer_prefix
 from vq_reward.train.rewards import make_reward_funcs
 from vq_reward.train.trainer import RankGRPOTrainer, TimeLimitCallback
@@ -61,8 +68,8 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         if value != (min_pixels if key == "min_pixels" else max_pixels):
             raise RuntimeError(f"asked for {key}={value} but the processor uses {min_pixels}/{max_pixels}.")
 
-    # Non-thinking fast path: the prompt ends with "<answer>", exactly the prompt score() reads. The checkpoint keeps
-    # the original template (RankGRPOTrainer._save).
+    # Non-thinking fast path: the prompt ends with "<answer>" (q-insight: an empty <think> block and "<answer>\n"),
+    # exactly the prompt the scorer's readouts use. The checkpoint keeps the original template (RankGRPOTrainer._save).
     original_template = None
     if script_args.answer_prefix:
         original_template = processor.chat_template
@@ -75,6 +82,12 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         else:
             extra = {"suppress_tokens": [i for i in range(len(processor.tokenizer)) if i not in digits]}
         training_args.generation_kwargs = {**(training_args.generation_kwargs or {}), **extra}
+    closed_set = None
+    if script_args.closed_set_sampling:
+        # Rollouts drawn from the readouts' closed answer sets (vq_reward/train/closed_set.py says why it is exact).
+        closed_set = ClosedSetSampler(
+            processor.tokenizer, script_args.answer_prefix_text, temperature=training_args.temperature
+        )
 
     # Model: loaded here (not by TRL) so the vision tower can be frozen before the optimizer is built.
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
@@ -96,6 +109,8 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     eval_dataset = None
     if script_args.eval_files:
         eval_dataset = build_dataset(load_rows(script_args.eval_files), script_args, min_pixels, max_pixels)
+    if closed_set is not None:
+        _check_closed_set(closed_set, training_args, {row.get("task", SCORE_TASK) for row in train_rows})
 
     # Rewards: fidelity rank reward (+ format), summed unweighted unless GRPOConfig.reward_weights says otherwise.
     reward_funcs = make_reward_funcs(
@@ -108,7 +123,11 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         fidelity_eps=script_args.fidelity_eps,
         thinking=script_args.thinking,
         seed=training_args.seed,
+        score_threshold=script_args.score_threshold,
     )
+    # Images a device batch must hold: 2 to rank within the device, 1 to rank globally, 0 for per-row rewards.
+    ranks = "fidelity" in script_args.reward_funcs
+    min_images = (2 if script_args.fidelity_scope == "local" else 1) if ranks else 0
 
     callbacks = list(callbacks or [])
     if script_args.max_train_minutes is not None:
@@ -124,14 +143,34 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         callbacks=callbacks,
         homogeneous_batches=script_args.dataset_homogeneous_batches,
         dataset_choice=script_args.dataset_choice,
-        min_images_per_device=2 if script_args.fidelity_scope == "local" else 1,
+        min_images_per_device=min_images,
         saved_chat_template=original_template,
+        closed_set=closed_set,
     )
 
     resume = training_args.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=True if resume in ("last", "true", "True") else resume)
     trainer.save_model(training_args.output_dir)
     return trainer
+
+
+def _check_closed_set(closed_set: ClosedSetSampler, training_args: GRPOConfig, tasks: set[str]) -> None:
+    """Refuse settings under which closed-set rollouts of `tasks` would not be the readout's exact policy gradient."""
+    longest = max(max(closed_set.answer_lengths(task)) for task in tasks)
+    if training_args.max_completion_length < longest:
+        raise ValueError(
+            f"max_completion_length={training_args.max_completion_length} is shorter than the longest closed-set "
+            f"answer ({longest} tokens); set max_completion_length >= {longest}."
+        )
+    if training_args.loss_type in ("grpo", "sapo"):
+        uneven = {task: sorted(closed_set.answer_lengths(task)) for task in sorted(tasks)}
+        uneven = {task: lengths for task, lengths in uneven.items() if len(lengths) > 1}
+        if uneven:
+            raise ValueError(
+                f"loss_type={training_args.loss_type!r} divides each completion's loss by its own length, and the "
+                f"closed-set answers differ in length ({uneven} tokens), so the gradient would not be the readout's "
+                "policy gradient; use loss_type dr_grpo, dapo or bnpo."
+            )
 
 
 if __name__ == "__main__":

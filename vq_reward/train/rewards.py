@@ -9,7 +9,8 @@ prediction of every other image z of the same dataset in the batch,
     r_ij = mean over the B - 1 other images of f
 
 Rows carry a `task` column ("score" when absent); these rewards score "score" rows and return None for other
-tasks, so a second task family adds its own rewards beside them (see `REWARDS`).
+tasks, so a second task family adds its own rewards beside them: Q-Insight's are in `qinsight_rewards`, and `REWARDS`
+names them all for the entry point's `reward_funcs`.
 """
 
 import math
@@ -21,9 +22,10 @@ import torch
 
 from vq_reward.metrics import srcc
 from vq_reward.parsing import parse_score
+from vq_reward.train import qinsight_rewards
+from vq_reward.train.data import SCORE_TASK
 
 
-SCORE_TASK = "score"
 _SQRT2 = math.sqrt(2.0)
 
 
@@ -167,9 +169,8 @@ class FidelityRankReward:
                 )
             is_score = (_at(task, start) or SCORE_TASK) == SCORE_TASK
             preds = [self._parse(_text(completions[i])) for i in rows] if is_score else []
-            groups.append(
-                {"score": is_score, "dataset": _at(dataset_name, start), "mos": float(mos[start]), "pred": preds}
-            )
+            label = float(mos[start]) if is_score else None  # other tasks' rows have no MOS
+            groups.append({"score": is_score, "dataset": _at(dataset_name, start), "mos": label, "pred": preds})
         return groups
 
     def _parse(self, completion: str) -> float | None:
@@ -254,7 +255,8 @@ class AnswerFormatReward:
         return [1.0 if self._pattern.fullmatch(text) else 0.0 for text in texts]
 
 
-# Name -> factory(num_generations, options) for the entry point's `reward_funcs`; other task families add theirs.
+# Name -> factory(num_generations, options) for the entry point's `reward_funcs`: VisualQuality-R1's (fidelity,
+# format) and Q-Insight's (score_threshold, degradation, qinsight_format, comparison, comparison_format).
 REWARDS: dict[str, Callable[..., Callable]] = {
     "fidelity": lambda num_generations, **options: FidelityRankReward(
         num_generations,
@@ -267,6 +269,17 @@ REWARDS: dict[str, Callable[..., Callable]] = {
     ),
     "format": lambda num_generations, **options: AnswerFormatReward(
         thinking=options["thinking"], answer_prefix=options["answer_prefix"]
+    ),
+    "score_threshold": lambda num_generations, **options: qinsight_rewards.ScoreThresholdReward(
+        threshold=options["score_threshold"], answer_prefix=options["answer_prefix"]
+    ),
+    "degradation": lambda num_generations, **options: qinsight_rewards.DegradationReward(options["answer_prefix"]),
+    "qinsight_format": lambda num_generations, **options: qinsight_rewards.QInsightFormatReward(
+        options["answer_prefix"]
+    ),
+    "comparison": lambda num_generations, **options: qinsight_rewards.ComparisonReward(options["answer_prefix"]),
+    "comparison_format": lambda num_generations, **options: qinsight_rewards.ComparisonFormatReward(
+        options["answer_prefix"]
     ),
 }
 

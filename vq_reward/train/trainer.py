@@ -4,21 +4,31 @@
    groups (`DatasetHomogeneousSampler`), and a refusal of batch layouts that would split an image's rollouts.
 2. Saving (`_save`): when training used a chat template with the `<answer>` prefix in its generation prompt, the
    checkpoint gets the original template back, so `VisualQualityScorer` (which adds the prefix itself) loads it as is.
+3. Closed-set rollouts (`_generate_single_turn`, with a `ClosedSetSampler`): instead of `model.generate`, each
+   rollout is drawn from the closed set of answers the scorer's Q-Insight readouts score (see `closed_set`).
+   `generation_kwargs` only reach a `GenerationConfig` (no logits processor), a per-token mask would sample a
+   different distribution, and TRL's experimental `rollout_func` would have to re-render prompts and images itself;
+   this override reuses TRL's tokenized prompts and image inputs. The rows' tasks, which pick each prompt's answer
+   set, are noted in `_generate_and_score_completions`.
 
 Plus `TimeLimitCallback`, which stops a run after a wall-clock budget with a final save.
 """
 
 import time
 
+import torch
 from torch.utils.data import Sampler
 from transformers import TrainerCallback
 
 from vq_reward.train import require_trl
+from vq_reward.train.closed_set import ClosedSetSampler
+from vq_reward.train.data import SCORE_TASK
 from vq_reward.train.sampler import DatasetHomogeneousSampler, images_per_device
 
 
 require_trl()
 from trl import GRPOTrainer  # noqa: E402
+from trl.models.utils import unwrap_model_for_generation  # noqa: E402
 
 
 class RankGRPOTrainer(GRPOTrainer):
@@ -28,8 +38,11 @@ class RankGRPOTrainer(GRPOTrainer):
         homogeneous_batches: fill each device's generation batch from one `dataset_name` (the official sampler);
             False keeps TRL's sampler (whole groups are still enforced).
         dataset_choice: "uniform" or "proportional" (see `DatasetHomogeneousSampler`).
-        min_images_per_device: 2 for the local-scope fidelity reward, 1 when images are ranked globally.
+        min_images_per_device: 2 for the local-scope fidelity reward, 1 when images are ranked globally, 0 when the
+            rewards are per row (Q-Insight's): then a prompt's G rollouts may span devices, as in TRL (its
+            advantages are computed after gathering), unless `homogeneous_batches` needs whole groups per device.
         saved_chat_template: the chat template to write into checkpoints, when the processor's was patched.
+        closed_set: draw rollouts with this sampler instead of generating them (not with vLLM).
         *args, **kwargs: `GRPOTrainer`'s.
     """
 
@@ -40,15 +53,18 @@ class RankGRPOTrainer(GRPOTrainer):
         dataset_choice: str = "uniform",
         min_images_per_device: int = 2,
         saved_chat_template: str | None = None,
+        closed_set: ClosedSetSampler | None = None,
         **kwargs,
     ) -> None:
         config = kwargs.get("args")
-        if config is not None:  # refuse a bad layout before any model is loaded
+        if closed_set is not None and config is not None and config.use_vllm:
+            raise ValueError("closed_set_sampling draws rollouts with the training model itself; set use_vllm=False.")
+        if config is not None and (min_images_per_device or homogeneous_batches):  # refuse a bad layout early
             images_per_device(
                 config.per_device_train_batch_size,
                 config.steps_per_generation,
                 config.num_generations,
-                min_images_per_device,
+                max(1, min_images_per_device),
             )
             if config.eval_strategy != "no":
                 eval_generations = config.num_generations_eval or config.num_generations
@@ -68,7 +84,30 @@ class RankGRPOTrainer(GRPOTrainer):
         self.dataset_choice = dataset_choice
         self.min_images_per_device = min_images_per_device
         self.saved_chat_template = saved_chat_template
+        self.closed_set = closed_set
+        self._rollout_tasks: list[str] = []
         super().__init__(*args, **kwargs)
+
+    def _generate_and_score_completions(self, inputs: list[dict]) -> dict:
+        self._rollout_tasks = [row.get("task") or SCORE_TASK for row in inputs]  # one per rollout, in order
+        return super()._generate_and_score_completions(inputs)
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        if self.closed_set is None:
+            return super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images=has_tool_images
+            )
+        with (
+            unwrap_model_for_generation(
+                self.model_wrapped,
+                self.accelerator,
+                gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+            ) as model,
+            torch.no_grad(),
+        ):
+            completion_ids = self.closed_set.sample(model, prompt_ids, images, multimodal_fields, self._rollout_tasks)
+        return completion_ids, None  # no sampling log-probs: TRL uses the training forward's (num_iterations=1)
 
     def _get_train_sampler(self, dataset=None) -> Sampler:
         dataset = self.train_dataset if dataset is None else dataset
@@ -82,7 +121,7 @@ class RankGRPOTrainer(GRPOTrainer):
                 self.args.per_device_train_batch_size,
                 self.args.steps_per_generation,
                 self.num_generations,
-                self.min_images_per_device,
+                max(1, self.min_images_per_device),
             ),
             num_processes=self.accelerator.num_processes,
             num_generations=self.num_generations,
