@@ -109,7 +109,7 @@ def main() -> None:
                         "cosine decay to 0 over N steps (about 800 fit in 20 min on 2 cores)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    out = Path(args.output)
+    out = Path(args.output).resolve()  # rows hold absolute paths (relative ones resolve against the JSONL)
     wall_start = time.monotonic()
 
     # Data: left halves of six photos for training; right halves and two unseen photos held out.
