@@ -15,6 +15,7 @@ names them all for the entry point's `reward_funcs`.
 
 import math
 import random
+import re
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -242,8 +243,6 @@ class AnswerFormatReward:
     """
 
     def __init__(self, thinking: bool = True, answer_prefix: str = "") -> None:
-        import re
-
         self.__name__ = "format"
         self.thinking = thinking
         self.answer_prefix = answer_prefix
