@@ -5,8 +5,9 @@ from transformers import AutoProcessor
 
 
 pytest.importorskip("trl")
+from vq_reward.scorer import digit_token_ids  # noqa: E402
 from vq_reward.train.config import VQScriptArguments  # noqa: E402
-from vq_reward.train.dataset import build_dataset, digit_token_ids, with_answer_prefix  # noqa: E402
+from vq_reward.train.dataset import build_dataset, with_answer_prefix  # noqa: E402
 
 
 QWEN_STYLE = "{% for m in messages %}...{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"

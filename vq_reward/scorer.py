@@ -122,7 +122,7 @@ class VisualQualityScorer:
         self.batch_size = batch_size
         self.add_vision_id = add_vision_id
         self.max_input_pixels = max_input_pixels
-        self.digit_ids = _single_token_ids(processor.tokenizer, DIGITS)
+        self.digit_ids = digit_token_ids(processor.tokenizer)
         # Reward loops call from worker threads; one forward at a time keeps the model's state consistent.
         self._lock = threading.RLock()
         self._prompt_cache: dict[bool, str] = {}
@@ -445,9 +445,10 @@ def _rating(text: str) -> Rating:
     return Rating(score=score, raw_score=parsed.score, reasoning=parsed.reasoning, text=text)
 
 
-def _single_token_ids(tokenizer, texts: tuple[str, ...]) -> list[int]:
+def digit_token_ids(tokenizer) -> list[int]:
+    """The ids of the tokens "1".."5" that the single-token readout reads; each digit must be one token."""
     ids = []
-    for text in texts:
+    for text in DIGITS:
         encoded = tokenizer.encode(text, add_special_tokens=False)
         if len(encoded) != 1:
             raise ValueError(

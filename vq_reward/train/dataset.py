@@ -146,11 +146,3 @@ def with_answer_prefix(chat_template: str, prefix: str) -> str:
         "cannot find the generation prompt '<|im_start|>assistant\\n' after 'add_generation_prompt' in this chat "
         "template, so the answer prefix cannot be placed; use a Qwen2.5-VL chat template or answer_prefix=False."
     )
-
-
-def digit_token_ids(tokenizer) -> list[int]:
-    """The ids of the single tokens "1".."5", which score() reads after the answer prefix."""
-    ids = [tokenizer.encode(str(d), add_special_tokens=False) for d in range(1, 6)]
-    if any(len(i) != 1 for i in ids):
-        raise ValueError(f"the digits 1..5 must each be one token for digit_only sampling, got {ids}.")
-    return [i[0] for i in ids]

@@ -25,12 +25,13 @@ import sys
 
 import torch
 
+from vq_reward.scorer import digit_token_ids
 from vq_reward.testing import resolve_model
 from vq_reward.train import require_trl
 from vq_reward.train.closed_set import ClosedSetSampler
 from vq_reward.train.config import VQScriptArguments
 from vq_reward.train.data import SCORE_TASK
-from vq_reward.train.dataset import build_dataset, digit_token_ids, load_rows, with_answer_prefix
+from vq_reward.train.dataset import build_dataset, load_rows, with_answer_prefix
 from vq_reward.train.rewards import make_reward_funcs
 from vq_reward.train.trainer import RankGRPOTrainer, TimeLimitCallback
 
