@@ -58,3 +58,19 @@ def test_script_arguments_refuse_contradictions():
         VQScriptArguments(thinking=True, answer_prefix=True)
     with pytest.raises(ValueError, match="digit_only needs answer_prefix=True"):
         VQScriptArguments(thinking=False, digit_only=True)
+
+
+def test_training_images_are_the_images_the_scorer_sees(tmp_path, scorer):
+    # Transparent and 16-bit files must look the same in training as at scoring time (white background, 8-bit).
+    import numpy as np
+    from PIL import Image
+
+    Image.new("RGBA", (90, 60), (10, 20, 30, 0)).save(tmp_path / "clear.png")
+    Image.fromarray(np.full((60, 90), 65535, dtype=np.uint16)).save(tmp_path / "deep.png")
+    rows = [{"id": i, "image": str(tmp_path / name), "dataset_name": "A", "mos": 3.0}
+            for i, name in enumerate(["clear.png", "deep.png"])]  # fmt: skip
+    dataset = build_dataset(rows, VQScriptArguments(), scorer.min_pixels, scorer.max_pixels)
+    for row in range(2):
+        (expected,) = scorer.prepare(rows[row]["image"])
+        assert np.array_equal(np.asarray(dataset[row]["image"]), np.asarray(expected))
+        assert np.asarray(expected).min() == 255  # white, not the black that convert("RGB") gives

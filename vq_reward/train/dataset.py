@@ -17,7 +17,7 @@ from pathlib import Path
 from PIL import Image
 
 from vq_reward import prompts, qinsight
-from vq_reward.images import resize_for_model
+from vq_reward.images import ImageInputError, load_image, resize_for_model
 from vq_reward.train import require_trl
 from vq_reward.train.config import VQScriptArguments
 from vq_reward.train.data import COMPARISON_TASK, DEGRADATION_TASK, SCORE_TASK, merge_rows, read_jsonl
@@ -118,11 +118,11 @@ class ImageLoader:
         return out
 
     def load(self, path: str) -> Image.Image:
+        # The scorer's loader: transparency, 16-bit and EXIF rotation handled exactly as at scoring time.
         try:
-            with Image.open(path) as image:
-                rgb = image.convert("RGB")
-        except (FileNotFoundError, OSError) as error:
-            raise FileNotFoundError(f"cannot open training image {path}: {error}. Re-run prepare-data.") from error
+            rgb = load_image(path)
+        except ImageInputError as error:
+            raise FileNotFoundError(f"cannot open training image {path}: {error} Re-run prepare-data.") from error
         return resize_for_model(rgb, self.min_pixels, self.max_pixels)
 
 
