@@ -23,7 +23,7 @@ import torch
 from diffusers import DDIMScheduler, UNet2DModel
 
 from vq_reward import VisualQualityScorer
-from vq_reward.testing import resolve_model
+from vq_reward.hub import resolve_model
 
 
 def tiny_unet(size: int) -> UNet2DModel:

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from vq_reward import VisualQualityScorer
-from vq_reward.score_files import find_images
-from vq_reward.testing import resolve_model
+from vq_reward.data.results import find_images
+from vq_reward.hub import resolve_model
 
 
 def main(argv: list[str] | None = None) -> list[tuple[str, float]]:

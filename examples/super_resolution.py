@@ -25,7 +25,7 @@ from torch import nn
 
 from vq_reward import VisualQualityScorer
 from vq_reward.images import load_image
-from vq_reward.testing import resolve_model
+from vq_reward.hub import resolve_model
 
 
 class TinySR(nn.Module):

@@ -32,7 +32,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2
 from trl import GRPOConfig, GRPOTrainer
 
 from vq_reward.rewards import TrlQualityReward
-from vq_reward.testing import resolve_model
+from vq_reward.hub import resolve_model
 
 
 def render(completions: list[str], **kwargs) -> list[Image.Image | None]:

@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from vq_reward import VisualQualityScorer  # noqa: E402
-from vq_reward.testing import build_tiny_checkpoint  # noqa: E402
+from vq_reward.smoke import build_tiny_checkpoint  # noqa: E402
 
 
 torch.set_num_threads(1)

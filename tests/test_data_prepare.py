@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from vq_reward.cli import main as cli
-from vq_reward.train.data import (
+from vq_reward.data.rows import (
     KADID10K_OFFICIAL_SPLIT,
     DataFileError,
     build_rows,
@@ -18,7 +18,7 @@ from vq_reward.train.data import (
     split_references,
     write_jsonl,
 )
-from vq_reward.train.labels import LAYOUTS, LabelFileError, read_label_file
+from vq_reward.data.labels import LAYOUTS, LabelFileError, read_label_file
 
 
 def _kadid_folder(tmp_path: Path, references: int = 81, per_reference: int = 2) -> tuple[Path, Path]:

@@ -8,7 +8,8 @@ from conftest import noise_image
 from transformers import Qwen2VLImageProcessor
 
 from vq_reward import ImageInputError, VisualQualityScorer
-from vq_reward.differentiable import QwenImageLayout, patchify, pixel_inputs, resize_to_budget, text_inputs
+from vq_reward.readout import token_inputs
+from vq_reward.rewards.pixels import QwenImageLayout, patchify, pixel_inputs, resize_to_budget
 from vq_reward.images import resize_for_model, smart_resize
 
 
@@ -76,11 +77,11 @@ def test_resize_follows_smart_resize_and_stays_close_to_pil_bicubic(layout):
 
 def test_text_inputs_match_the_processor_with_left_padding(scorer):
     images = [noise_image(w, h, seed=i) for i, (h, w) in enumerate(CONFORMING)]
-    text = scorer._prompt(thinking=False) + scorer.answer_prefix
+    text = scorer.prompt(thinking=False) + scorer.answer_prefix
     reference = scorer.processor(
         text=[text] * len(images), images=images, padding=True, padding_side="left", return_tensors="pt"
     )
-    ours = text_inputs(scorer.processor, text, reference["image_grid_thw"])
+    ours = token_inputs(scorer.processor, [text] * len(images), reference["image_grid_thw"])
     assert set(ours) == {"input_ids", "attention_mask", "mm_token_type_ids"}
     for key in ours:
         assert torch.equal(ours[key], reference[key]), key

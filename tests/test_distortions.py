@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vq_reward.distortions import (
+from vq_reward.data.distortions import (
     DISTORTIONS,
     distort,
     make_distorted_set,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from vq_reward.metrics import correlations, fit_logistic, krcc, logistic_4, plcc, plcc_logistic, rankdata, srcc
+from vq_reward.eval.metrics import correlations, fit_logistic, krcc, logistic_4, plcc, plcc_logistic, rankdata, srcc
 
 
 def _seeded(seed: int, n: int, ties: bool):

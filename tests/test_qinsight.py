@@ -2,7 +2,7 @@ import pytest
 import torch
 from conftest import noise_image
 
-from vq_reward import VisualQualityScorer, qinsight
+from vq_reward import VisualQualityScorer, prompts, qinsight, readout
 from vq_reward.prompts import QINSIGHT_DEGRADATION_QUESTION, QINSIGHT_SCORE_QUESTION, QINSIGHT_SYSTEM
 
 
@@ -36,19 +36,19 @@ def test_comparison_readout(scorer):
 
 def test_candidate_scores_equal_separate_teacher_forced_forwards(scorer):
     image = scorer.prepare(noise_image(70, 60))
-    context = qinsight._chat_text(scorer, qinsight.degradation_messages()) + "<think>\n\n</think>\n<answer>\n"
-    candidates = [qinsight.degradation_answer("noise", "slight"), qinsight.degradation_answer("blur", "serious")]
-    batched = qinsight._candidate_logprobs(scorer, image, context, candidates)
-    tokenizer = scorer.processor.tokenizer
-    ids = [tokenizer(context + c, add_special_tokens=False)["input_ids"] for c in candidates]
-    shared = qinsight._common_prefix_length(ids)
-    for candidate, own, expected in zip(candidates, ids, batched, strict=True):
-        inputs = scorer.processor(text=[context + candidate], images=[image], return_tensors="pt")
+    context = readout.chat_text(scorer.processor, prompts.degradation_messages()) + prompts.QINSIGHT_ANSWER_PREFIX
+    answers = [qinsight.degradation_answer("noise", "slight"), qinsight.degradation_answer("blur", "serious"), "x"]
+    candidates = readout.continuation_ids(scorer.processor.tokenizer, prompts.QINSIGHT_ANSWER_PREFIX, answers)
+    inputs = readout.model_inputs(scorer.processor, [context], image)
+    with torch.no_grad():
+        batched = readout.candidate_logprobs(scorer.model, inputs, candidates)[0]
+    context_length = len(scorer.processor(text=[context], images=image)["input_ids"][0])
+    for answer, expected in zip(answers, batched, strict=True):
+        full = scorer.processor(text=[context + answer], images=image, return_tensors="pt")
         with torch.no_grad():
-            logprobs = scorer.model(**inputs).logits[0].float().log_softmax(-1)
-        tokens = inputs["input_ids"][0]
-        start = len(tokens) - (len(own) - shared)
-        manual = sum(logprobs[p - 1, tokens[p]].item() for p in range(start, len(tokens)))
+            logprobs = scorer.model(**full).logits[0].float().log_softmax(-1)
+        tokens = full["input_ids"][0]
+        manual = sum(logprobs[p - 1, tokens[p]].item() for p in range(context_length, len(tokens)))
         assert expected.item() == pytest.approx(manual, abs=1e-4)
 
 
@@ -82,11 +82,11 @@ def test_parse_comparison():
 
 def test_q_insight_prompt_style(tiny_path):
     scorer = VisualQualityScorer.from_pretrained(tiny_path, prompt_style="q-insight")
-    prompt = scorer._prompt(thinking=False)
+    prompt = scorer.prompt(thinking=False)
     assert prompt.startswith(f"<|im_start|>system\n{QINSIGHT_SYSTEM}<|im_end|>") and QINSIGHT_SCORE_QUESTION in prompt
     assert scorer.answer_prefix.endswith('<answer>\n{"rating": ')
     scores = scorer.score([noise_image(64, 64), noise_image(90, 60)])
     assert scores.shape == (2,) and ((scores >= 1) & (scores <= 5)).all()
-    assert QINSIGHT_DEGRADATION_QUESTION in qinsight._chat_text(scorer, qinsight.degradation_messages())
+    assert QINSIGHT_DEGRADATION_QUESTION in readout.chat_text(scorer.processor, prompts.degradation_messages())
     with pytest.raises(ValueError, match=r"prompt_style must be one of \['q-insight', 'visualquality-r1'\]"):
         VisualQualityScorer.from_pretrained(tiny_path, prompt_style="qalign")

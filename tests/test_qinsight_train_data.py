@@ -8,14 +8,14 @@ import pytest
 
 from vq_reward.cli import main as cli
 from vq_reward.qinsight import COMPARISON_RESULTS, DEGRADATION_CLASSES, SEVERITIES
-from vq_reward.train.data import DataFileError, read_jsonl, write_jsonl
-from vq_reward.train.qinsight_data import comparison_rows, degradation_rows, synthetic_comparisons
+from vq_reward.data.rows import DataFileError, read_jsonl, write_jsonl
+from vq_reward.data.qinsight_rows import comparison_rows, degradation_rows, synthetic_comparisons
 
 
 pytest.importorskip("trl")
 from trl.data_utils import prepare_multimodal_messages  # noqa: E402
 
-from vq_reward import qinsight  # noqa: E402
+from vq_reward import prompts, readout  # noqa: E402
 from vq_reward.train.config import VQScriptArguments  # noqa: E402
 from vq_reward.train.dataset import build_dataset, load_rows, with_answer_prefix  # noqa: E402
 
@@ -96,15 +96,15 @@ def test_prompts_and_images_reach_trl_in_q_insight_layout(data, scorer):
     processor = scorer.processor
     template = with_answer_prefix(processor.chat_template, args.answer_prefix_text)
     for task, messages in (
-        ("degradation", qinsight.degradation_messages()),
-        ("comparison", qinsight.comparison_messages()),
+        ("degradation", prompts.degradation_messages()),
+        ("comparison", prompts.comparison_messages()),
     ):
         item = by_task[task]
         filled = prepare_multimodal_messages(item["prompt"], images=item["images"])
         rendered = processor.apply_chat_template(
             filled, chat_template=template, tokenize=False, add_generation_prompt=True
         )
-        assert rendered == qinsight._chat_text(scorer, messages) + "<think>\n\n</think>\n<answer>\n"
+        assert rendered == readout.chat_text(scorer.processor, messages) + "<think>\n\n</think>\n<answer>\n"
     order = [rendered.index(s) for s in ("Reference Image:<|vision_start|>", "Image A:<|vision_start|>",
                                          "Image B:<|vision_start|>", "Decide which")]  # fmt: skip
     assert order == sorted(order)

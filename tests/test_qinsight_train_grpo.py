@@ -19,7 +19,7 @@ from vq_reward.train.closed_set import ClosedSetSampler, closed_set_answers  # n
 from vq_reward.train.dataset import with_answer_prefix  # noqa: E402
 from vq_reward.train.grpo import main as train  # noqa: E402
 from vq_reward.train.grpo import parse_args  # noqa: E402
-from vq_reward.train.rewards import REWARDS  # noqa: E402
+from vq_reward.train.reward_registry import REWARDS  # noqa: E402
 
 
 PREFIX = prompts.QINSIGHT_ANSWER_PREFIX
@@ -43,7 +43,7 @@ def trl_inputs(scorer, messages: list[dict], images: list) -> tuple[list[int], d
 def test_closed_set_distribution_is_the_readouts(scorer):
     sampler = ClosedSetSampler(scorer.processor.tokenizer, PREFIX)
     image = noise_image(64, 64, seed=7)
-    ids, fields = trl_inputs(scorer, qinsight.degradation_messages(), [image])
+    ids, fields = trl_inputs(scorer, prompts.degradation_messages(), [image])
     one = {"pixel_values": fields["pixel_values"], "image_grid_thw": fields["image_grid_thw"],
            "mm_token_type_ids": fields["mm_token_type_ids"][0]}  # fmt: skip
     probs = sampler.answer_logprobs(scorer.model, ids, one, "degradation").softmax(-1)
@@ -57,7 +57,7 @@ def test_closed_set_distribution_is_the_readouts(scorer):
     assert [p / sum(chosen) for p in chosen] == pytest.approx(list(readout.severity_probs.values()), abs=1e-5)
 
     triple = [noise_image(64, 64, seed=s) for s in (1, 2, 3)]
-    ids, fields = trl_inputs(scorer, qinsight.comparison_messages(), triple)
+    ids, fields = trl_inputs(scorer, prompts.comparison_messages(), triple)
     one = {"pixel_values": fields["pixel_values"], "image_grid_thw": fields["image_grid_thw"],
            "mm_token_type_ids": fields["mm_token_type_ids"][0]}  # fmt: skip
     probs = sampler.answer_logprobs(scorer.model, ids, one, "comparison").softmax(-1)
@@ -70,8 +70,8 @@ def test_closed_set_distribution_is_the_readouts(scorer):
 def test_closed_set_draws_follow_the_probabilities_and_split_the_batch_per_prompt(scorer):
     sampler = ClosedSetSampler(scorer.processor.tokenizer, PREFIX)
     first, triple = [noise_image(64, 64, seed=1)], [noise_image(56, 84, seed=2)] * 3
-    ids, fields = trl_inputs(scorer, qinsight.degradation_messages(), first)
-    ids2, fields2 = trl_inputs(scorer, qinsight.comparison_messages(), triple)
+    ids, fields = trl_inputs(scorer, prompts.degradation_messages(), first)
+    ids2, fields2 = trl_inputs(scorer, prompts.comparison_messages(), triple)
     n = 800  # rollouts of the first prompt; consecutive identical prompts share one forward
     batch = {  # TRL's batched layout: every rollout's image rows, in order
         "pixel_values": torch.cat([fields["pixel_values"]] * n + [fields2["pixel_values"]] * 2),

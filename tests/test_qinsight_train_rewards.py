@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from vq_reward.qinsight import parse_rating
+from vq_reward.parsing import parse_rating
 from vq_reward.train.qinsight_rewards import (
     ComparisonFormatReward,
     ComparisonReward,
@@ -19,7 +19,8 @@ from vq_reward.train.qinsight_rewards import (
     qinsight_format_reward,
     score_threshold_reward,
 )
-from vq_reward.train.rewards import FidelityRankReward, make_reward_funcs
+from vq_reward.train.reward_registry import make_reward_funcs
+from vq_reward.train.vqr1_rewards import FidelityRankReward
 
 
 def answer(body: str, thought: str = "fine") -> str:

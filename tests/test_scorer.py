@@ -91,25 +91,24 @@ def test_generate_parses_with_the_shared_parser(scorer):
 
 
 def test_thinking_and_plain_prompts_are_the_official_templates(scorer):
-    assert THINKING_TEMPLATE.format(Question=QUALITY_QUESTION) in scorer._prompt(thinking=True)
-    assert NON_THINKING_TEMPLATE.format(Question=QUALITY_QUESTION) in scorer._prompt(thinking=False)
+    assert THINKING_TEMPLATE.format(Question=QUALITY_QUESTION) in scorer.prompt(thinking=True)
+    assert NON_THINKING_TEMPLATE.format(Question=QUALITY_QUESTION) in scorer.prompt(thinking=False)
     sampled = scorer.generate(noise_image(64, 64), thinking=True, max_new_tokens=4, temperature=0.7, top_k=5)
     assert len(sampled) == 1 and sampled[0].reasoning is None
 
 
 def test_out_of_range_answers_are_clipped_and_kept_raw():
-    from vq_reward.scorer import _rating
 
-    assert _rating("<answer>7.5</answer>") == Rating(
+    assert Rating.from_text("<answer>7.5</answer>") == Rating(
         score=5.0, raw_score=7.5, reasoning=None, text="<answer>7.5</answer>"
     )
-    assert _rating("<think>x</think><answer>-2</answer>").score == 1.0
-    assert _rating("<answer>n/a</answer>").score is None
+    assert Rating.from_text("<think>x</think><answer>-2</answer>").score == 1.0
+    assert Rating.from_text("<answer>n/a</answer>").score is None
 
 
 def test_custom_question(tiny_path):
     scorer = VisualQualityScorer.from_pretrained(tiny_path, question="How sharp is this photo?")
-    assert "How sharp is this photo? Please only output" in scorer._prompt(thinking=False)
+    assert "How sharp is this photo? Please only output" in scorer.prompt(thinking=False)
 
 
 def test_bad_batch_size(scorer):

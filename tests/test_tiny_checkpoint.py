@@ -5,12 +5,12 @@ import sys
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vq_reward.prompts import image_message
-from vq_reward.testing import build_tiny_checkpoint
+from vq_reward.smoke import build_tiny_checkpoint
 
 
 def test_byte_identical_across_builds_and_processes(tiny_path, tmp_path):
     again = build_tiny_checkpoint(tmp_path / "again")
-    code = "import sys; from vq_reward.testing import build_tiny_checkpoint as b; b(sys.argv[1])"
+    code = "import sys; from vq_reward.smoke import build_tiny_checkpoint as b; b(sys.argv[1])"
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "other")], check=True, capture_output=True)
     files = sorted(p.name for p in tiny_path.iterdir())
     assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= set(files)

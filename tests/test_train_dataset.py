@@ -5,7 +5,7 @@ from transformers import AutoProcessor
 
 
 pytest.importorskip("trl")
-from vq_reward.scorer import digit_token_ids  # noqa: E402
+from vq_reward.readout import NumberTokens  # noqa: E402
 from vq_reward.train.config import VQScriptArguments  # noqa: E402
 from vq_reward.train.dataset import build_dataset, with_answer_prefix  # noqa: E402
 
@@ -33,7 +33,7 @@ def test_patched_tiny_template_renders_the_scorer_prompt(tiny_path, scorer):
         rendered
         == scorer.processor.apply_chat_template(message, tokenize=False, add_generation_prompt=True) + "<answer>"
     )
-    assert len(digit_token_ids(processor.tokenizer)) == 5
+    assert len(NumberTokens.of(processor.tokenizer).first) == 5
 
 
 def test_dataset_builds_prompts_and_loads_resized_images(tmp_path):

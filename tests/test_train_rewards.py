@@ -7,7 +7,8 @@ import pickle
 import pytest
 import torch
 
-from vq_reward.train.rewards import AnswerFormatReward, FidelityRankReward, fidelity_reward, make_reward_funcs
+from vq_reward.train.reward_registry import make_reward_funcs
+from vq_reward.train.vqr1_rewards import AnswerFormatReward, FidelityRankReward, fidelity_reward
 
 
 EPS = 1e-6

@@ -4,22 +4,37 @@
     scorer = VisualQualityScorer.from_pretrained("TianheWu/VisualQuality-R1-7B", device="cuda")
     scores = scorer.score(["a.png", "b.jpg"])  # tensor of shape (2,) in [1, 5], higher is better
 
-Training lives in `vq_reward.train` (the `train` extra) and is never imported from here.
+The names below load on first use, so `import vq_reward` is instant and pulls in torch and transformers only
+when a scorer is built. Training lives in `vq_reward.train` (the `train` extra) and is never imported from here.
 """
 
-from vq_reward.images import ImageInputError
-from vq_reward.parsing import ParsedAnswer, parse_answer
-from vq_reward.scorer import Rating, ScoreDetails, VisualQualityScorer
+import importlib
+from typing import TYPE_CHECKING, Any
 
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = [
-    "ImageInputError",
-    "ParsedAnswer",
-    "Rating",
-    "ScoreDetails",
-    "VisualQualityScorer",
-    "__version__",
-    "parse_answer",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    "ImageInputError": "vq_reward.images",
+    "ParsedAnswer": "vq_reward.parsing",
+    "parse_answer": "vq_reward.parsing",
+    "Rating": "vq_reward.scorer",
+    "ScoreDetails": "vq_reward.readout",
+    "ScorerRecipe": "vq_reward.scorer",
+    "VisualQualityScorer": "vq_reward.scorer",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+if TYPE_CHECKING:
+    from vq_reward.images import ImageInputError
+    from vq_reward.parsing import ParsedAnswer, parse_answer
+    from vq_reward.readout import ScoreDetails
+    from vq_reward.scorer import Rating, ScorerRecipe, VisualQualityScorer
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'vq_reward' has no attribute {name!r}")

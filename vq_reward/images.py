@@ -1,19 +1,33 @@
-"""Every input kind becomes one canonical form: a list of RGB PIL images sized by Qwen's "smart resize" rule.
+"""Every input kind becomes one canonical form: RGB PIL images sized by Qwen's "smart resize" rule.
 
 Inputs: file paths, PIL images of any mode, numpy HWC/NHWC (uint8, or float in `input_range`), torch NCHW/CHW
 (float in `input_range`, or uint8), and lists mixing these. Float pixels are quantised to uint8 once, so a tensor,
 an array and a PIL image of the same picture get the same score. Anything that cannot be scored raises
-`ImageInputError`, which names the input (its index and path or shape) and the fix.
+`ImageInputError`, which names the input (its index and path or shape) and says what is wrong and how to fix it.
+
+Orientation: with `exif_transpose=True` (the default) every input that carries an EXIF orientation tag (a file, or
+a PIL image opened from one) is turned upright, whatever its kind; `exif_transpose=False` uses the stored pixels
+as they are, as the official VisualQuality-R1 code does.
+
+Decoding is lazy: `image_sources` checks every input and reads only file headers, so a scorer can sort a long list
+of paths by size and decode one batch at a time (`ImageSource.load`).
 """
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+try:  # the PIL backend module (no torchvision import); older transformers 5 releases only have the other one
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as _qwen_smart_resize
+except ImportError:  # pragma: no cover - depends on the installed transformers
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as _qwen_smart_resize
 
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
@@ -38,28 +52,14 @@ class ImageInputError(ValueError):
 def smart_resize(
     height: int, width: int, min_pixels: int, max_pixels: int, factor: int = PATCH_FACTOR
 ) -> tuple[int, int]:
-    """Qwen2-VL's resize rule: sides rounded to multiples of `factor`, pixel count kept in [min_pixels, max_pixels].
-
-    The aspect ratio is kept as closely as the multiples allow. Same algorithm as the Qwen2-VL image processor, so
-    an image resized here passes through the processor unchanged.
+    """Qwen2-VL's resize rule (transformers' own function): sides multiples of `factor`, pixels in the budget.
 
     Example:
         >>> smart_resize(384, 512, min_pixels=3136, max_pixels=12845056)
         (392, 504)
     """
-    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
-        raise ValueError(f"aspect ratio of {width}x{height} is over {MAX_ASPECT_RATIO}")
-    new_h = round(height / factor) * factor
-    new_w = round(width / factor) * factor
-    if new_h * new_w > max_pixels:
-        shrink = math.sqrt(height * width / max_pixels)
-        new_h = max(factor, math.floor(height / shrink / factor) * factor)
-        new_w = max(factor, math.floor(width / shrink / factor) * factor)
-    elif new_h * new_w < min_pixels:
-        grow = math.sqrt(min_pixels / (height * width))
-        new_h = math.ceil(height * grow / factor) * factor
-        new_w = math.ceil(width * grow / factor) * factor
-    return new_h, new_w
+    height, width = _qwen_smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+    return int(height), int(width)
 
 
 def resize_for_model(image: Image.Image, min_pixels: int, max_pixels: int) -> Image.Image:
@@ -70,67 +70,98 @@ def resize_for_model(image: Image.Image, min_pixels: int, max_pixels: int) -> Im
     return image.resize((width, height), Image.Resampling.BICUBIC)
 
 
+@dataclass(frozen=True)
+class ImageSource:
+    """One checked input, not decoded yet: its name for messages, its size, and how to get its RGB pixels."""
+
+    name: str
+    width: int
+    height: int
+    load: Callable[[], Image.Image]
+
+
+def image_sources(
+    images: Images,
+    input_range: tuple[float, float] = (0.0, 1.0),
+    max_input_pixels: int = MAX_INPUT_PIXELS,
+    exif_transpose: bool = True,
+) -> list[ImageSource]:
+    """Check every input and describe it, reading only file headers (see the module docstring).
+
+    Example:
+        >>> [(s.width, s.height) for s in image_sources(torch.zeros(2, 3, 32, 48))]
+        [(48, 32), (48, 32)]
+    """
+    input_range = check_input_range(input_range)
+    items = _as_list(images)
+    if not items:
+        raise ImageInputError("No images given: pass a path, a PIL image, an array or tensor, or a non-empty list.")
+    sources: list[ImageSource] = []
+    for index, item in enumerate(items):
+        name = _describe(item, index, several=len(items) > 1)
+        for source in _sources(item, name, input_range, max_input_pixels, exif_transpose):
+            _check_size(source.width, source.height, source.name, max_input_pixels)
+            sources.append(source)
+    return sources
+
+
 def to_rgb_images(
     images: Images,
     input_range: tuple[float, float] = (0.0, 1.0),
     max_input_pixels: int = MAX_INPUT_PIXELS,
+    exif_transpose: bool = True,
 ) -> list[Image.Image]:
-    """Turn any supported input into a list of RGB PIL images, checking each one.
+    """Turn any supported input into a list of RGB PIL images, checking each one (decodes everything at once).
 
     Args:
         images: one input or a list of inputs (see the module docstring).
         input_range: the value range of float arrays and tensors: (0, 1) for diffusers `output_type="pt"`,
             (-1, 1) for a raw VAE decode.
         max_input_pixels: larger inputs are refused before they are decoded (decompression-bomb guard).
+        exif_transpose: turn inputs with an EXIF orientation upright (see the module docstring).
 
     Example:
         >>> [im.size for im in to_rgb_images(torch.zeros(2, 3, 32, 48))]
         [(48, 32), (48, 32)]
     """
-    items = _as_list(images)
-    if not items:
-        raise ImageInputError("No images given: pass a path, a PIL image, an array or tensor, or a non-empty list.")
-    converted: list[Image.Image] = []
-    for index, item in enumerate(items):
-        name = _describe(item, index, several=len(items) > 1)
-        for offset, image in enumerate(_convert(item, name, input_range, max_input_pixels)):
-            label = name if offset == 0 and not _is_batch(item) else f"{name}[{offset}]"
-            _check_size(image.width, image.height, label, max_input_pixels)
-            converted.append(image)
-    return converted
+    return [source.load() for source in image_sources(images, input_range, max_input_pixels, exif_transpose)]
 
 
 def load_image(
-    path: str | os.PathLike, name: str | None = None, max_input_pixels: int = MAX_INPUT_PIXELS
+    path: str | os.PathLike,
+    name: str | None = None,
+    max_input_pixels: int = MAX_INPUT_PIXELS,
+    exif_transpose: bool = True,
 ) -> Image.Image:
-    """Read an image file into RGB, refusing empty, unreadable, corrupt and oversized files with a clear message."""
-    name = name or repr(str(path))
-    file = Path(path)
-    if not file.exists():
-        raise ImageInputError(f"{name}: no such file. Check the path (URLs are not fetched; download the file first).")
-    if file.is_dir():
-        raise ImageInputError(f"{name} is a directory; pass the image files inside it (the CLI walks directories).")
-    if file.stat().st_size == 0:
-        raise ImageInputError(f"{name} is empty (0 bytes); the file was not written completely. Re-create it.")
+    """Read an image file into RGB, refusing missing, unreadable, empty, corrupt and oversized files clearly."""
+    return _file_source(path, name or repr(str(path)), max_input_pixels, exif_transpose).load()
+
+
+def check_input_range(input_range: tuple[float, float]) -> tuple[float, float]:
+    """`(low, high)` as floats, refusing a range that is not finite or not increasing.
+
+    Example:
+        >>> check_input_range((-1, 1))
+        (-1.0, 1.0)
+    """
     try:
-        with Image.open(file) as image:
-            # Image.open reads only the header, so the size is checked before any pixel is decoded.
-            _check_size(image.width, image.height, name, max_input_pixels)
-            image = ImageOps.exif_transpose(image)
-            image.load()
-            return pil_to_rgb(image)
-    except Image.DecompressionBombError as error:
-        raise ImageInputError(f"{name} is too large to decode safely ({error}). Downscale it first.") from error
-    except UnidentifiedImageError as error:
-        raise ImageInputError(
-            f"{name} is not an image Pillow can read. Pass PNG, JPEG, WebP, BMP, TIFF or another Pillow format."
-        ) from error
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageInputError(f"{name} is corrupt or truncated ({error}). Re-create or re-download it.") from error
+        low, high = (float(value) for value in input_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"input_range={input_range!r} must be two numbers (low, high), e.g. (0, 1)") from None
+    if not (math.isfinite(low) and math.isfinite(high) and high > low):
+        raise ValueError(
+            f"input_range={input_range} must be finite (low, high) with low < high, e.g. (0, 1) or (-1, 1)."
+        )
+    return low, high
 
 
-def pil_to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode to RGB: transparency is composited onto white, 16-bit gray is scaled to 8 bits, CMYK converted."""
+def pil_to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
+    """Any PIL mode to RGB.
+
+    Transparency is composited onto white; 16-bit gray is scaled to 8 bits; 32-bit float ("F") in [0, 1] is scaled
+    to 0..255, whole numbers in 0..255 are kept, and any other range (or NaN) is refused; CMYK and palettes are
+    converted.
+    """
     if image.mode == "RGB":
         return image
     if image.mode == "P" and "transparency" in image.info:
@@ -139,35 +170,125 @@ def pil_to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
-    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "F":
+    if image.mode == "F":
+        return Image.fromarray(_float_gray_to_uint8(np.asarray(image, dtype=np.float64), name), mode="L").convert("RGB")
+    if image.mode in _SIXTEEN_BIT_MODES:
         values = np.asarray(image, dtype=np.float64)
         # 16-bit data spans 0..65535; mode "I" may also hold 8-bit data, which is left as it is.
-        if image.mode != "F" and (image.mode != "I" or values.max() > 255):
+        if image.mode != "I" or values.max() > 255:
             values = values / 257.0
         gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
         return Image.fromarray(gray, mode="L").convert("RGB")
     return image.convert("RGB")
 
 
-def _convert(item: ImageInput, name: str, input_range: tuple[float, float], max_pixels: int) -> list[Image.Image]:
+def _float_gray_to_uint8(values: np.ndarray, name: str) -> np.ndarray:
+    if not np.isfinite(values).all():
+        raise ImageInputError(f"{name} is a float image with NaN or infinite pixels; fix or re-export the file.")
+    low, high = float(values.min()), float(values.max())
+    if low >= 0.0 and high <= 1.0:
+        return np.rint(values * 255.0).astype(np.uint8)
+    if low >= 0.0 and high <= 255.0 and np.array_equal(values, np.rint(values)):
+        return values.astype(np.uint8)
+    raise ImageInputError(
+        f"{name} is a float image with values in [{low:.4g}, {high:.4g}], which is neither [0, 1] nor whole numbers "
+        "in 0..255, so its brightness scale is unknown. Convert it to 8-bit (or scale it to [0, 1]) first."
+    )
+
+
+def _sources(
+    item: ImageInput, name: str, input_range: tuple[float, float], max_pixels: int, exif_transpose: bool
+) -> list[ImageSource]:
+    if isinstance(item, (bytes, bytearray)):
+        raise ImageInputError(
+            f"{name} is {type(item).__name__}; pass a file path as str (e.g. path.decode()) or a PIL image "
+            "(PIL.Image.open(io.BytesIO(data)))."
+        )
     if isinstance(item, (str, os.PathLike)):
-        return [load_image(item, name, max_pixels)]
+        return [_file_source(item, name, max_pixels, exif_transpose)]
     if isinstance(item, Image.Image):
-        _check_size(item.width, item.height, name, max_pixels)
-        return [pil_to_rgb(item)]
+        width, height = _upright_size(item, exif_transpose)
+        return [ImageSource(name, width, height, lambda: pil_to_rgb(_upright(item, exif_transpose), name))]
     if isinstance(item, np.ndarray):
-        return _array_to_images(item, name, input_range)
+        return _array_sources(item, name, input_range)
     if isinstance(item, torch.Tensor):
-        return _tensor_to_images(item, name, input_range)
+        return _tensor_sources(item, name, input_range)
     raise ImageInputError(
         f"{name} is a {type(item).__name__}; pass a file path, a PIL image, a numpy HWC/NHWC array or a torch "
         "NCHW tensor."
     )
 
 
-def _array_to_images(array: np.ndarray, name: str, input_range: tuple[float, float]) -> list[Image.Image]:
+def _file_source(path: str | os.PathLike, name: str, max_pixels: int, exif_transpose: bool) -> ImageSource:
+    file = Path(path)
+    if not file.exists():
+        raise ImageInputError(f"{name}: no such file. Check the path (URLs are not fetched; download the file first).")
+    if file.is_dir():
+        raise ImageInputError(f"{name} is a directory; pass the image files inside it (the CLI walks directories).")
+    if not os.access(file, os.R_OK):
+        raise ImageInputError(f"{name} cannot be read (permission denied); fix its permissions or copy it.")
+    if file.stat().st_size == 0:
+        raise ImageInputError(f"{name} is empty (0 bytes); the file was not written completely. Re-create it.")
+    with _opened(file, name) as image:  # Image.open reads only the header: the size is known before decoding
+        width, height = _upright_size(image, exif_transpose)
+    _check_size(width, height, name, max_pixels)
+
+    def load() -> Image.Image:
+        with _opened(file, name) as image:
+            try:
+                upright = _upright(image, exif_transpose)
+                upright.load()
+            except Image.DecompressionBombError as error:
+                raise ImageInputError(f"{name} is too large to decode safely ({error}). Downscale it first.") from error
+            except (OSError, SyntaxError, ValueError) as error:
+                raise ImageInputError(
+                    f"{name} is corrupt or truncated: its header reads but its pixels do not ({error}). Re-create or "
+                    "re-download it."
+                ) from error
+            return pil_to_rgb(upright, name)
+
+    return ImageSource(name, width, height, load)
+
+
+class _opened:
+    """`Image.open` with errors that say what is wrong with the file."""
+
+    def __init__(self, file: Path, name: str) -> None:
+        self.file, self.name = file, name
+
+    def __enter__(self) -> Image.Image:
+        try:
+            self.image = Image.open(self.file)
+        except UnidentifiedImageError as error:
+            raise ImageInputError(
+                f"{self.name} is not an image Pillow can read (unknown format or a damaged header). Pass PNG, JPEG, "
+                "WebP, BMP, TIFF or another Pillow format."
+            ) from error
+        except Image.DecompressionBombError as error:
+            raise ImageInputError(f"{self.name} is too large to decode safely ({error}). Downscale it.") from error
+        except OSError as error:
+            raise ImageInputError(f"{self.name} cannot be opened ({error}).") from error
+        return self.image
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.image.close()
+
+
+def _upright_size(image: Image.Image, exif_transpose: bool) -> tuple[int, int]:
+    """The size after EXIF rotation, from the header tag alone (orientations 5-8 swap the sides)."""
+    if exif_transpose and image.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+        return image.height, image.width
+    return image.width, image.height
+
+
+def _upright(image: Image.Image, exif_transpose: bool) -> Image.Image:
+    return ImageOps.exif_transpose(image) if exif_transpose else image
+
+
+def _array_sources(array: np.ndarray, name: str, input_range: tuple[float, float]) -> list[ImageSource]:
     if array.ndim == 2:
         array = array[:, :, None]
+    batch = array.ndim == 4
     if array.ndim == 3:
         array = array[None]
     if array.ndim != 4 or array.shape[-1] not in (1, 3, 4):
@@ -179,6 +300,8 @@ def _array_to_images(array: np.ndarray, name: str, input_range: tuple[float, flo
         raise ImageInputError(
             f"{name} has shape {tuple(array.shape)}; numpy images must be HWC or NHWC with 1, 3 or 4 channels.{hint}"
         )
+    if len(array) == 0:
+        raise ImageInputError(f"{name} holds no images (batch size 0); pass at least one.")
     if array.dtype == np.uint8:
         pixels = array
     elif np.issubdtype(array.dtype, np.floating):
@@ -189,17 +312,23 @@ def _array_to_images(array: np.ndarray, name: str, input_range: tuple[float, flo
             "(e.g. array.astype(np.float32) / 65535 for 16-bit data)."
         )
     modes = {1: "L", 3: "RGB", 4: "RGBA"}
+
+    def loader(image: np.ndarray) -> Callable[[], Image.Image]:
+        plane = np.ascontiguousarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
+        return lambda: pil_to_rgb(Image.fromarray(plane, mode=modes[image.shape[-1]]))
+
+    height, width = pixels.shape[1:3]
     return [
-        pil_to_rgb(
-            Image.fromarray(
-                np.ascontiguousarray(image.squeeze(-1) if image.shape[-1] == 1 else image), mode=modes[image.shape[-1]]
-            )
-        )
-        for image in pixels
+        ImageSource(f"{name}[{i}]" if batch else name, width, height, loader(image)) for i, image in enumerate(pixels)
     ]
 
 
-def _tensor_to_images(tensor: torch.Tensor, name: str, input_range: tuple[float, float]) -> list[Image.Image]:
+def _tensor_sources(tensor: torch.Tensor, name: str, input_range: tuple[float, float]) -> list[ImageSource]:
+    if tensor.is_meta:
+        raise ImageInputError(f"{name} is on the meta device and holds no pixels; pass a tensor with data.")
+    if tensor.layout != torch.strided:
+        raise ImageInputError(f"{name} is a {tensor.layout} tensor; call .to_dense() first.")
+    batch = tensor.ndim == 4
     if tensor.ndim == 3:
         tensor = tensor[None]
     if tensor.ndim != 4 or tensor.shape[1] not in (1, 3):
@@ -211,6 +340,8 @@ def _tensor_to_images(tensor: torch.Tensor, name: str, input_range: tuple[float,
         raise ImageInputError(
             f"{name} has shape {tuple(tensor.shape)}; torch images must be NCHW or CHW with 1 or 3 channels.{hint}"
         )
+    if len(tensor) == 0:
+        raise ImageInputError(f"{name} holds no images (batch size 0); pass at least one.")
     tensor = tensor.detach().cpu()
     if tensor.dtype == torch.uint8:
         pixels = tensor
@@ -218,8 +349,14 @@ def _tensor_to_images(tensor: torch.Tensor, name: str, input_range: tuple[float,
         pixels = _floats_to_uint8(tensor, name, input_range)
     else:
         raise ImageInputError(f"{name} has dtype {tensor.dtype}; pass a float tensor in {input_range} or uint8.")
-    pixels = pixels.expand(-1, 3, -1, -1).permute(0, 2, 3, 1).contiguous().numpy()
-    return [Image.fromarray(image, mode="RGB") for image in pixels]
+    height, width = pixels.shape[-2:]
+
+    def loader(image: torch.Tensor) -> Callable[[], Image.Image]:
+        return lambda: Image.fromarray(image.expand(3, -1, -1).permute(1, 2, 0).contiguous().numpy(), mode="RGB")
+
+    return [
+        ImageSource(f"{name}[{i}]" if batch else name, width, height, loader(image)) for i, image in enumerate(pixels)
+    ]
 
 
 def _floats_to_uint8(values: torch.Tensor, name: str, input_range: tuple[float, float]) -> torch.Tensor:
@@ -251,26 +388,23 @@ def _check_size(width: int, height: int, name: str, max_pixels: int) -> None:
         )
     if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
         raise ImageInputError(
-            f"{name} is {width}x{height} pixels, an aspect ratio over {MAX_ASPECT_RATIO}; crop or pad it first."
+            f"{name} is {width}x{height} pixels, an aspect ratio over {MAX_ASPECT_RATIO}:1 that Qwen's resize rule "
+            "refuses; crop or pad it first."
         )
 
 
 def _as_list(images: Images) -> list[ImageInput]:
-    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)):
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor, bytes, bytearray)):
         return [images]
     if isinstance(images, Sequence):
         return list(images)
     raise ImageInputError(f"images is a {type(images).__name__}; pass one image or a list of images.")
 
 
-def _is_batch(item: ImageInput) -> bool:
-    return (isinstance(item, torch.Tensor) and item.ndim == 4) or (isinstance(item, np.ndarray) and item.ndim == 4)
-
-
 def _describe(item: ImageInput, index: int, several: bool) -> str:
     where = f"images[{index}]" if several else "image"
     if isinstance(item, (str, os.PathLike)):
-        return f"{where} {str(item)!r}"
+        return f"{where} {os.fsdecode(item)!r}"
     if isinstance(item, (np.ndarray, torch.Tensor)):
         return f"{where} ({type(item).__module__.split('.')[0]} {tuple(item.shape)} {item.dtype})"
     return where

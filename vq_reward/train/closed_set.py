@@ -26,15 +26,15 @@ trains on those completions as on generated ones. Why the gradient is exact for 
 
 Unlike trie-constrained decoding (mask every token that leaves the set, renormalise at each step), which samples
 from a different, locally normalised distribution whose per-prefix normalisers do not cancel, this samples P
-exactly. Cost: one forward over |set| sequences per distinct prompt (the vision tower runs once per sequence).
+exactly. Cost: one forward per distinct prompt, every answer of the set read in it (`readout.candidate_logprobs`).
 """
 
 from collections.abc import Sequence
 
 import torch
 
-from vq_reward import qinsight
-from vq_reward.train.data import COMPARISON_TASK, DEGRADATION_TASK, SCORE_TASK
+from vq_reward import qinsight, readout
+from vq_reward.data.rows import COMPARISON_TASK, DEGRADATION_TASK, SCORE_TASK
 
 
 def closed_set_answers(task: str) -> list[str]:
@@ -77,18 +77,10 @@ class ClosedSetSampler:
         self.tokenizer = tokenizer
         self.temperature = temperature
         self.prefix_ids = tokenizer(answer_prefix, add_special_tokens=False)["input_ids"]
-        self.answer_ids: dict[str, list[list[int]]] = {}
-        for task in (SCORE_TASK, DEGRADATION_TASK, COMPARISON_TASK):
-            self.answer_ids[task] = [self._answer_ids(answer_prefix, answer) for answer in closed_set_answers(task)]
-
-    def _answer_ids(self, answer_prefix: str, answer: str) -> list[int]:
-        ids = self.tokenizer(answer_prefix + answer, add_special_tokens=False)["input_ids"]
-        if ids[: len(self.prefix_ids)] != self.prefix_ids:
-            raise ValueError(
-                f"the tokenizer merges the answer prefix {answer_prefix!r} with the answer {answer!r}, so the answer "
-                "has no token boundary of its own; closed-set sampling cannot be used with this tokenizer."
-            )
-        return ids[len(self.prefix_ids) :]
+        self.answer_ids: dict[str, list[list[int]]] = {
+            task: readout.continuation_ids(tokenizer, answer_prefix, closed_set_answers(task))
+            for task in (SCORE_TASK, DEGRADATION_TASK, COMPARISON_TASK)
+        }
 
     def answer_lengths(self, task: str) -> set[int]:
         """The token lengths of a task's answers (one value: every answer is equally long)."""
@@ -96,31 +88,19 @@ class ClosedSetSampler:
 
     @torch.no_grad()
     def answer_logprobs(self, model, prompt: list[int], fields: dict, task: str) -> torch.Tensor:
-        """log p(answer | prompt) of every answer of `task`'s set, `[K]`, from one forward of K sequences.
+        """log p(answer | prompt) of every answer of `task`'s set, `[K]`, from one forward (`readout.candidate_logprobs`).
 
         `fields` are this prompt's multimodal inputs (`pixel_values`, `image_grid_thw`, `mm_token_type_ids`).
         """
-        answers = self.answer_ids[task]
-        longest = max(len(a) for a in answers)
-        pad = self.tokenizer.pad_token_id
         device = next(model.parameters()).device
-        # Right padding: the prompt keeps the same positions in every row, and causal attention keeps the padding
-        # from reaching the answer tokens.
-        input_ids = torch.tensor([prompt + a + [pad] * (longest - len(a)) for a in answers], device=device)
-        attention = torch.tensor([[1] * (len(prompt) + len(a)) + [0] * (longest - len(a)) for a in answers])
-        inputs = {"input_ids": input_ids, "attention_mask": attention.to(device)}
+        inputs = {"input_ids": torch.tensor([prompt], device=device), "attention_mask": torch.ones(1, len(prompt),
+                  dtype=torch.long, device=device)}  # fmt: skip
+        mm = fields.get("mm_token_type_ids", [0] * len(prompt))
+        inputs["mm_token_type_ids"] = torch.tensor([list(mm)], device=device)
         if "pixel_values" in fields:
-            inputs["pixel_values"] = fields["pixel_values"].repeat(len(answers), 1).to(device)
-            inputs["image_grid_thw"] = fields["image_grid_thw"].repeat(len(answers), 1).to(device)
-        if "mm_token_type_ids" in fields:
-            row = list(fields["mm_token_type_ids"]) + [0] * longest
-            inputs["mm_token_type_ids"] = torch.tensor([row] * len(answers), device=device)
-        logits = model(**inputs, logits_to_keep=longest + 1, use_cache=False).logits[:, :-1].float()
-        logprobs = (logits / self.temperature).log_softmax(-1)  # position j predicts answer token j
-        targets = input_ids[:, len(prompt) :]
-        token_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        mask = attention[:, len(prompt) :].to(device).bool()
-        return (token_logprobs * mask).sum(-1)
+            inputs["pixel_values"] = fields["pixel_values"].to(device)
+            inputs["image_grid_thw"] = fields["image_grid_thw"].to(device)
+        return readout.candidate_logprobs(model, inputs, self.answer_ids[task], self.temperature)[0]
 
     def sample(
         self,

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from vq_reward import prompts, qinsight
+from vq_reward import prompts
+from vq_reward.data.rows import COMPARISON_TASK, DEGRADATION_TASK, SCORE_TASK, merge_rows, read_jsonl
 from vq_reward.images import ImageInputError, load_image, resize_for_model
 from vq_reward.train import require_trl
 from vq_reward.train.config import VQScriptArguments
-from vq_reward.train.data import COMPARISON_TASK, DEGRADATION_TASK, SCORE_TASK, merge_rows, read_jsonl
 
 
 require_trl()
@@ -44,7 +44,7 @@ def score_prompt(row: dict, args: VQScriptArguments) -> list[dict]:
 
 def degradation_prompt(row: dict, args: VQScriptArguments) -> list[dict]:
     """Q-Insight's degradation conversation: its system prompt, then the image and the question."""
-    return qinsight.degradation_messages()
+    return prompts.degradation_messages()
 
 
 def comparison_prompt(row: dict, args: VQScriptArguments) -> list[dict]:
@@ -54,7 +54,7 @@ def comparison_prompt(row: dict, args: VQScriptArguments) -> list[dict]:
             f"comparison row id={row.get('id')} has {len(row['images'])} images; it needs exactly 3: the reference, "
             "image A and image B, in that order."
         )
-    return qinsight.comparison_messages()
+    return prompts.comparison_messages()
 
 
 PROMPT_BUILDERS: dict[str, Callable[[dict, VQScriptArguments], list[dict]]] = {

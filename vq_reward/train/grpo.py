@@ -25,14 +25,14 @@ import sys
 
 import torch
 
-from vq_reward.scorer import digit_token_ids
-from vq_reward.testing import resolve_model
+from vq_reward.hub import resolve_model
+from vq_reward.readout import NumberTokens
 from vq_reward.train import require_trl
 from vq_reward.train.closed_set import ClosedSetSampler
 from vq_reward.train.config import VQScriptArguments
-from vq_reward.train.data import SCORE_TASK
+from vq_reward.data.rows import SCORE_TASK
 from vq_reward.train.dataset import build_dataset, load_rows, with_answer_prefix
-from vq_reward.train.rewards import make_reward_funcs
+from vq_reward.train.reward_registry import make_reward_funcs
 from vq_reward.train.trainer import RankGRPOTrainer, TimeLimitCallback
 
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         processor.chat_template = with_answer_prefix(original_template, script_args.answer_prefix_text)
     if script_args.digit_only:
         # Sample only "1".."5": every other token is suppressed (vLLM: allowed_token_ids does the same).
-        digits = set(digit_token_ids(processor.tokenizer))
+        digits = set(NumberTokens.of(processor.tokenizer).first)
         if training_args.use_vllm:
             extra = {"allowed_token_ids": sorted(digits)}
         else:

@@ -24,8 +24,9 @@ the prefix is put back in front of each completion and a missing "</answer>" is 
 import re
 from collections.abc import Callable, Sequence
 
-from vq_reward.qinsight import parse_comparison, parse_degradation, parse_rating
-from vq_reward.train.data import COMPARISON_TASK, DEGRADATION_TASK, SCORE_TASK
+from vq_reward.data.rows import COMPARISON_TASK, DEGRADATION_TASK, SCORE_TASK
+from vq_reward.parsing import parse_comparison, parse_degradation, parse_rating
+from vq_reward.rewards import completion_text
 
 
 SCORE_THRESHOLD = 0.35  # `--score_reward_threshold` of the official run
@@ -130,7 +131,7 @@ class TaskReward:
                 out.append(None)
                 continue
             row = {key: values[index] for key, values in columns.items() if _is_column(values, len(completions))}
-            out.append(self.score(self.full_text(_text(completion)), row))
+            out.append(self.score(self.full_text(completion_text(completion)), row))
         return out
 
     def full_text(self, completion: str) -> str:
@@ -225,12 +226,6 @@ def _comparison(text: str, row: dict) -> float:
 
 def _comparison_format(text: str, row: dict) -> float:
     return comparison_format_reward(text)
-
-
-def _text(completion) -> str:
-    if isinstance(completion, str):
-        return completion
-    return completion[-1]["content"]  # conversational: [{"role": "assistant", "content": text}]
 
 
 def _is_column(values, length: int) -> bool:

@@ -22,7 +22,7 @@ from transformers import TrainerCallback
 
 from vq_reward.train import require_trl
 from vq_reward.train.closed_set import ClosedSetSampler
-from vq_reward.train.data import SCORE_TASK
+from vq_reward.data.rows import SCORE_TASK
 from vq_reward.train.sampler import DatasetHomogeneousSampler, images_per_device
 
 

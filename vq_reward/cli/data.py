@@ -1,4 +1,4 @@
-"""The data and evaluation subcommands of `vq-reward` (registered by `add_commands`; nothing heavy at import).
+"""The data subcommands of `vq-reward`: synthetic degradations, training rows, Q-Insight rows, merging.
 
 vq-reward distort examples/images data/synthetic --crops 4                 # graded degradations + labels.txt
 vq-reward prepare-data --labels dmos.csv --format kadid10k --images kadid/images --dataset-name KADID-10K \\
@@ -6,27 +6,28 @@ vq-reward prepare-data --labels dmos.csv --format kadid10k --images kadid/images
 vq-reward merge-data data/KADID-10K_train.jsonl data/KonIQ-10k_train.jsonl --output data/mix_train.jsonl
 vq-reward prepare-degradation --labels data/synthetic/distortions.jsonl --dataset-name synthetic --output-dir data/
 vq-reward prepare-comparison --distortions data/synthetic/distortions.jsonl --dataset-name synthetic --output-dir data/
-vq-reward eval --labels data/KADID-10K_test.jsonl --model runs/kadid --output eval/kadid.json --plot eval/kadid.png
 """
 
 import argparse
 import sys
 from pathlib import Path
 
+from vq_reward.cli.options import non_negative_int, positive_int
+from vq_reward.prompts import QINSIGHT_DEGRADATION_CLASSES
+
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
-    """Register `distort`, `prepare-data`, `prepare-degradation`, `prepare-comparison`, `merge-data` and `eval`."""
-    from vq_reward.cli import add_model_arguments
-
+    """Register `distort`, `prepare-data`, `prepare-degradation`, `prepare-comparison` and `merge-data`."""
     distort = commands.add_parser("distort", help="write graded synthetic degradations of a folder of clean images")
-    distort.add_argument("source_dir")
-    distort.add_argument("output_dir")
-    distort.add_argument("--kinds", nargs="+", default=["noise", "compression", "blur", "darken"])
+    distort.add_argument("source_dir", help="folder of clean photos")
+    distort.add_argument("output_dir", help="folder to write the degraded images, labels.txt and distortions.jsonl")
+    distort.add_argument("--kinds", nargs="+", default=list(QINSIGHT_DEGRADATION_CLASSES),
+                         choices=QINSIGHT_DEGRADATION_CLASSES, help="distortion kinds (default: all)")
     distort.add_argument("--levels", nargs="+", type=int, default=[1, 2, 3, 4, 5], help="severities 1..5")
-    distort.add_argument("--crops", type=int, default=0, help="random square crops per photo (0: whole photos)")
-    distort.add_argument("--crop-size", type=int, default=112)
+    distort.add_argument("--crops", type=non_negative_int, default=0, help="random square crops per photo (0: whole photos)")
+    distort.add_argument("--crop-size", type=positive_int, default=112, help="side of the square crops (default 112)")
     distort.add_argument("--no-clean", action="store_true", help="leave out the clean images (MOS 5)")
-    distort.add_argument("--seed", type=int, default=0)
+    distort.add_argument("--seed", type=int, default=0, help="seed of the crop positions")
     distort.set_defaults(run=_distort)
 
     prepare = commands.add_parser("prepare-data", help="MOS label file -> normalised, split JSONL training data")
@@ -34,8 +35,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     prepare.add_argument("--images", required=True, help="folder the image names in the label file are relative to")
     prepare.add_argument("--dataset-name", required=True, help="kept in every row; images of different datasets "
                          "are never compared")  # fmt: skip
-    prepare.add_argument("--output-dir", required=True)
-    _add_label_arguments(prepare)
+    prepare.add_argument("--output-dir", required=True, help="folder for NAME_train/val/test.jsonl")
+    add_label_arguments(prepare)
     prepare.add_argument("--ratios", nargs=3, type=float, default=[0.6, 0.2, 0.2], help="train val test")
     prepare.add_argument("--seed", type=int, default=42, help="seed of the reference shuffle")
     prepare.add_argument("--no-split", action="store_true", help="write one NAME_all.jsonl (test-only datasets)")
@@ -70,24 +71,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     comparison.set_defaults(run=_prepare_comparison)
 
     merge = commands.add_parser("merge-data", help="concatenate JSONL data files, keeping each row's dataset_name")
-    merge.add_argument("files", nargs="+")
-    merge.add_argument("--output", required=True)
+    merge.add_argument("files", nargs="+", help="JSONL data files to concatenate")
+    merge.add_argument("--output", required=True, help="the merged JSONL file (ids renumbered)")
     merge.set_defaults(run=_merge)
 
-    evaluate = commands.add_parser("eval", help="SRCC / PLCC / KRCC per dataset, JSON report and scatter plot")
-    evaluate.add_argument("--labels", required=True, help="a JSONL data file, or a raw MOS label file (with --images)")
-    evaluate.add_argument("--images", default=None, help="image folder of a raw label file")
-    evaluate.add_argument("--dataset-name", default=None, help="name for a raw label file (default: its stem)")
-    _add_label_arguments(evaluate)
-    add_model_arguments(evaluate)
-    evaluate.add_argument("--batch-size", type=int, default=8)
-    evaluate.add_argument("--output", default=None, help="JSON report (default: print only)")
-    evaluate.add_argument("--plot", default=None, help="scatter plot PNG of predictions against MOS")
-    evaluate.set_defaults(run=_eval)
 
-
-def _add_label_arguments(parser: argparse.ArgumentParser) -> None:
-    from vq_reward.train.labels import LAYOUTS
+def add_label_arguments(parser: argparse.ArgumentParser) -> None:
+    from vq_reward.data.labels import LAYOUTS
 
     parser.add_argument("--format", default="plain", choices=sorted(LAYOUTS), help="label file layout (see "
                         "vq_reward/train/labels.py); plain = 'image mos [std]'")  # fmt: skip
@@ -99,14 +89,14 @@ def _add_label_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_split_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset-name", required=True, help="kept in every row")
-    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--output-dir", required=True, help="folder for NAME_TASK_train/val/test.jsonl")
     parser.add_argument("--ratios", nargs=3, type=float, default=[0.6, 0.2, 0.2], help="train val test, by content")
     parser.add_argument("--seed", type=int, default=42, help="seed of the content shuffle (and of the pairs)")
     parser.add_argument("--no-split", action="store_true", help="write one NAME_TASK_all.jsonl")
 
 
 def _write_splits(args: argparse.Namespace, rows: list[dict], task: str) -> None:
-    from vq_reward.train import data
+    from vq_reward.data import rows as data
 
     splits = ("all",) if args.no_split else data.SPLITS
     if not args.no_split:
@@ -120,7 +110,7 @@ def _write_splits(args: argparse.Namespace, rows: list[dict], task: str) -> None
 
 
 def _prepare_degradation(args: argparse.Namespace) -> int:
-    from vq_reward.train.qinsight_data import degradation_rows, read_label_objects
+    from vq_reward.data.qinsight_rows import degradation_rows, read_label_objects
 
     labels = read_label_objects(args.labels)
     images = args.images or str(Path(args.labels).parent)
@@ -130,7 +120,7 @@ def _prepare_degradation(args: argparse.Namespace) -> int:
 
 
 def _prepare_comparison(args: argparse.Namespace) -> int:
-    from vq_reward.train.qinsight_data import comparison_rows, read_label_objects, synthetic_comparisons
+    from vq_reward.data.qinsight_rows import comparison_rows, read_label_objects, synthetic_comparisons
 
     source = args.pairs or args.distortions
     labels = read_label_objects(source)
@@ -145,7 +135,7 @@ def _prepare_comparison(args: argparse.Namespace) -> int:
 
 
 def _distort(args: argparse.Namespace) -> int:
-    from vq_reward.distortions import make_distorted_set
+    from vq_reward.data.distortions import make_distorted_set
 
     rows = make_distorted_set(
         args.source_dir,
@@ -163,10 +153,10 @@ def _distort(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_labels(args: argparse.Namespace, images: str):
+def read_labels(args: argparse.Namespace, images: str):
     from dataclasses import replace
 
-    from vq_reward.train.labels import LAYOUTS, read_label_file
+    from vq_reward.data.labels import LAYOUTS, read_label_file
 
     layout = LAYOUTS[args.format]
     if args.reference_pattern:
@@ -180,9 +170,9 @@ def _read_labels(args: argparse.Namespace, images: str):
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from vq_reward.train import data
+    from vq_reward.data import rows as data
 
-    labels = _read_labels(args, args.images)
+    labels = read_labels(args, args.images)
     references = [row.reference for row in labels]
     if args.no_split:
         split = None
@@ -200,36 +190,9 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from vq_reward.train.data import DataSummary, merge_rows, read_jsonl, write_jsonl
+    from vq_reward.data.rows import DataSummary, merge_rows, read_jsonl, write_jsonl
 
     rows = merge_rows([read_jsonl(path) for path in args.files])
     write_jsonl(rows, args.output)
     print(f"{args.output}: {len(rows)} rows\n{DataSummary.of(rows)}")
-    return 0
-
-
-def _eval(args: argparse.Namespace) -> int:
-    from vq_reward.cli import load_scorer
-    from vq_reward.evaluation import evaluate, format_report, save_scatter, write_report
-
-    if args.labels.endswith(".jsonl"):
-        from vq_reward.train.data import read_jsonl
-
-        rows = read_jsonl(args.labels, required=("image", "mos"))
-    else:
-        if args.images is None:
-            print("a raw label file needs --images (the folder its image names are in)", file=sys.stderr)
-            return 2
-        name = args.dataset_name or Path(args.labels).stem
-        labels = _read_labels(args, args.images)
-        rows = [{"image": str(Path(args.images) / r.image), "mos": r.mos, "dataset_name": name} for r in labels]
-        if args.lower_is_better:
-            rows = [{**row, "mos": -row["mos"]} for row in rows]
-    scorer = load_scorer(args, args.batch_size)
-    report = evaluate(scorer, rows, batch_size=args.batch_size, model_name=args.model)
-    print(format_report(report))
-    if args.output:
-        write_report(report, args.output)
-    if args.plot:
-        save_scatter(report, args.plot)
     return 0

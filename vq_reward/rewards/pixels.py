@@ -9,9 +9,9 @@ same three steps on float tensors:
 3. patchify into the processor's flat layout: rows ordered by 2x2 merge block, each row `(channel, temporal, 14,
    14)` with the frame repeated `temporal_patch_size` times, plus `image_grid_thw = [1, H/14, W/14]`.
 
-On an image whose size already conforms, the output equals the processor's to float rounding (the tests hold it to
-1e-3 and find about 1e-6). `text_inputs` builds the token side (`input_ids` with the image pads expanded,
-`attention_mask`, `mm_token_type_ids`, left padding) exactly as the processor does.
+On an image whose size already conforms, the output equals the processor's to float rounding
+(`tests/test_pixels.py` holds it to the bound it states). The token side comes from `vq_reward.readout.token_inputs`,
+the same function the PIL path uses.
 """
 
 from collections.abc import Sequence
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import BatchFeature, ProcessorMixin
+from transformers import ProcessorMixin
 
 from vq_reward.images import smart_resize
 
@@ -148,34 +148,3 @@ def pixel_inputs(
         values.append(patchify(normalize(resized, layout), layout))
         grids.extend([grid] * len(resized))
     return torch.cat(values), torch.tensor(grids, dtype=torch.long)
-
-
-def text_inputs(processor: ProcessorMixin, text: str, image_grid_thw: torch.Tensor) -> BatchFeature:
-    """The token side of a batch, one image per row: what `processor(text=[text] * N, images=..., padding=True,
-    padding_side="left")` returns besides the pixels.
-
-    `text` holds one `<|image_pad|>`, expanded here to `t * h * w / merge_size**2` pads per row; rows are
-    left-padded with the tokenizer's pad token, and `mm_token_type_ids` marks image pads with 1 (transformers 5
-    needs it for the M-RoPE positions and silently computes wrong ones without it).
-
-    Example:
-        >>> text_inputs(scorer.processor, scorer._prompt(False), torch.tensor([[1, 4, 4]])).keys()  # doctest: +SKIP
-        dict_keys(['input_ids', 'attention_mask', 'mm_token_type_ids'])
-    """
-    tokenizer = processor.tokenizer
-    image_token_id = int(processor.image_token_id)
-    merge_length = int(processor.image_processor.merge_size) ** 2
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    slots = [position for position, token in enumerate(ids) if token == image_token_id]
-    if len(slots) != 1:
-        raise ValueError(f"text_inputs needs a prompt with exactly one {processor.image_token}; found {len(slots)}.")
-    before, after = ids[: slots[0]], ids[slots[0] + 1 :]
-    rows = [before + [image_token_id] * (int(grid.prod()) // merge_length) + after for grid in image_grid_thw]
-    length = max(len(row) for row in rows)
-    pad_id = tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad_id] * (length - len(row)) + row for row in rows], dtype=torch.long)
-    attention_mask = torch.tensor([[0] * (length - len(row)) + [1] * len(row) for row in rows], dtype=torch.long)
-    mm_token_type_ids = (input_ids == image_token_id).long() * attention_mask
-    return BatchFeature(
-        {"input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": mm_token_type_ids}
-    )

@@ -49,9 +49,9 @@ from PIL import Image
 from transformers import TrainerCallback
 
 from vq_reward import VisualQualityScorer
-from vq_reward.distortions import CLEAN_CLASS, DISTORTIONS, distort, severity_name
-from vq_reward.testing import tiny_checkpoint
-from vq_reward.train.data import write_jsonl
+from vq_reward.data.distortions import CLEAN_CLASS, DISTORTIONS, distort, severity_name
+from vq_reward.hub import tiny_checkpoint
+from vq_reward.data.rows import write_jsonl
 from vq_reward.train.grpo import main as train
 
 

@@ -9,8 +9,8 @@ prediction of every other image z of the same dataset in the batch,
     r_ij = mean over the B - 1 other images of f
 
 Rows carry a `task` column ("score" when absent); these rewards score "score" rows and return None for other
-tasks, so a second task family adds its own rewards beside them: Q-Insight's are in `qinsight_rewards`, and `REWARDS`
-names them all for the entry point's `reward_funcs`.
+tasks, so a second task family adds its own rewards beside them: Q-Insight's are in `qinsight_rewards`, and
+`reward_registry.REWARDS` names them all for the entry point's `reward_funcs`.
 """
 
 import math
@@ -21,10 +21,10 @@ from typing import Literal
 
 import torch
 
-from vq_reward.metrics import srcc
+from vq_reward.data.rows import SCORE_TASK
+from vq_reward.eval.metrics import srcc
 from vq_reward.parsing import parse_score
-from vq_reward.train import qinsight_rewards
-from vq_reward.train.data import SCORE_TASK
+from vq_reward.rewards import completion_text
 
 
 _SQRT2 = math.sqrt(2.0)
@@ -169,7 +169,7 @@ class FidelityRankReward:
                     f"in (mos, dataset_name, task, id): {sorted(keys, key=str)}. Rewards need TRL's grouped order."
                 )
             is_score = (_at(task, start) or SCORE_TASK) == SCORE_TASK
-            preds = [self._parse(_text(completions[i])) for i in rows] if is_score else []
+            preds = [self._parse(completion_text(completions[i])) for i in rows] if is_score else []
             label = float(mos[start]) if is_score else None  # other tasks' rows have no MOS
             groups.append({"score": is_score, "dataset": _at(dataset_name, start), "mos": label, "pred": preds})
         return groups
@@ -250,57 +250,8 @@ class AnswerFormatReward:
         self._pattern = re.compile(pattern, re.DOTALL)
 
     def __call__(self, completions: Sequence, **kwargs) -> list[float]:
-        texts = [self.answer_prefix + _text(c) for c in completions]
+        texts = [self.answer_prefix + completion_text(c) for c in completions]
         return [1.0 if self._pattern.fullmatch(text) else 0.0 for text in texts]
-
-
-# Name -> factory(num_generations, options) for the entry point's `reward_funcs`: VisualQuality-R1's (fidelity,
-# format) and Q-Insight's (score_threshold, degradation, qinsight_format, comparison, comparison_format).
-REWARDS: dict[str, Callable[..., Callable]] = {
-    "fidelity": lambda num_generations, **options: FidelityRankReward(
-        num_generations,
-        scope=options["fidelity_scope"],
-        parse_failure=options["parse_failure"],
-        fallback_to_text=options["parse_fallback_to_text"],
-        answer_prefix=options["answer_prefix"],
-        eps=options["fidelity_eps"],
-        seed=options["seed"],
-    ),
-    "format": lambda num_generations, **options: AnswerFormatReward(
-        thinking=options["thinking"], answer_prefix=options["answer_prefix"]
-    ),
-    "score_threshold": lambda num_generations, **options: qinsight_rewards.ScoreThresholdReward(
-        threshold=options["score_threshold"], answer_prefix=options["answer_prefix"]
-    ),
-    "degradation": lambda num_generations, **options: qinsight_rewards.DegradationReward(options["answer_prefix"]),
-    "qinsight_format": lambda num_generations, **options: qinsight_rewards.QInsightFormatReward(
-        options["answer_prefix"]
-    ),
-    "comparison": lambda num_generations, **options: qinsight_rewards.ComparisonReward(options["answer_prefix"]),
-    "comparison_format": lambda num_generations, **options: qinsight_rewards.ComparisonFormatReward(
-        options["answer_prefix"]
-    ),
-}
-
-
-def make_reward_funcs(names: Sequence[str], num_generations: int, **options) -> list[Callable]:
-    """Build the reward functions named in `names` (keys of `REWARDS`), in order.
-
-    Example:
-        >>> funcs = make_reward_funcs(["format"], 6, thinking=True, answer_prefix="")
-        >>> [f.__name__ for f in funcs]
-        ['format']
-    """
-    unknown = [name for name in names if name not in REWARDS]
-    if unknown:
-        raise ValueError(f"unknown reward(s) {unknown}; available: {sorted(REWARDS)}.")
-    return [REWARDS[name](num_generations, **options) for name in names]
-
-
-def _text(completion) -> str:
-    if isinstance(completion, str):
-        return completion
-    return completion[-1]["content"]  # conversational: [{"role": "assistant", "content": text}]
 
 
 def _at(values: Sequence | None, index: int):

@@ -155,7 +155,7 @@ def activation_memory(size: str = "7B", side: int = 504, processor_path: str | N
     from transformers import AutoProcessor
 
     from vq_reward.scorer import VisualQualityScorer
-    from vq_reward.testing import tiny_checkpoint
+    from vq_reward.hub import tiny_checkpoint
 
     path = processor_path or tiny_checkpoint()
     processor = AutoProcessor.from_pretrained(path, min_pixels=CHECKPOINT_MIN_PIXELS, max_pixels=CHECKPOINT_MAX_PIXELS)

@@ -15,14 +15,17 @@ Rows are split by reference content with the same rule as `prepare-data` (60/20/
 that `merge-data` can mix with score rows.
 """
 
-import json
 import random
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from vq_reward.qinsight import COMPARISON_RESULTS, DEGRADATION_CLASSES, NO_DISTORTION, SEVERITIES
-from vq_reward.train.data import COMPARISON_TASK, DEGRADATION_TASK, DataFileError
+from vq_reward.data.jsonl import DataFileError, read_objects
+from vq_reward.data.rows import COMPARISON_TASK, DEGRADATION_TASK
+from vq_reward.prompts import QINSIGHT_COMPARISON_RESULTS as COMPARISON_RESULTS
+from vq_reward.prompts import QINSIGHT_DEGRADATION_CLASSES as DEGRADATION_CLASSES
+from vq_reward.prompts import QINSIGHT_NONE as NO_DISTORTION
+from vq_reward.prompts import QINSIGHT_SEVERITIES as SEVERITIES
 
 
 def read_label_objects(path: str | Path) -> list[dict]:
@@ -32,25 +35,9 @@ def read_label_objects(path: str | Path) -> list[dict]:
         >>> read_label_objects("data/synthetic/distortions.jsonl")[0]["distortion_class"]  # doctest: +SKIP
         'null'
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataFileError(f"{path}: no such label file; `vq-reward distort` writes distortions.jsonl.")
-    text = path.read_text()
-    if text.lstrip().startswith("["):
-        try:
-            objects = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise DataFileError(f"{path}:{error.lineno}: not valid JSON ({error.msg}).") from None
-    else:
-        objects = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    objects.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise DataFileError(f"{path}:{number}: not valid JSON ({error.msg}).") from None
-    if not objects or not all(isinstance(o, dict) for o in objects):
-        raise DataFileError(f"{path}: expected a non-empty list of JSON objects.")
+    objects = [item for _, item in read_objects(path, hint="`vq-reward distort` writes distortions.jsonl.")]
+    if not objects:
+        raise DataFileError(f"{path}: no label objects in the file.")
     return objects
 
 

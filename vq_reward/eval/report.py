@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from vq_reward.metrics import correlations
+from vq_reward.eval.metrics import correlations
 
 
 def evaluate(scorer, rows: Sequence[dict], batch_size: int = 8, model_name: str | None = None) -> dict:

@@ -20,14 +20,14 @@ A row (one JSON object per line):
 One JSONL may mix tasks; each row is checked for its own task's keys (`TASK_KEYS`).
 """
 
-import json
 import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vq_reward.train.labels import LabelRow
+from vq_reward.data.jsonl import DataFileError, read_objects, write_jsonl
+from vq_reward.data.labels import LabelRow
 
 
 SPLITS = ("train", "val", "test")
@@ -40,17 +40,12 @@ TASK_KEYS = {
     DEGRADATION_TASK: ("image", "distortion_class", "severity"),
     COMPARISON_TASK: ("images", "result"),
 }
-REQUIRED_KEYS = TASK_KEYS[SCORE_TASK]
 
 # The official KADID-10K split (the committed KADID-10K_{val,test}_set.txt); the other 49 references are train.
 KADID10K_OFFICIAL_SPLIT = {
     "val": "I07 I12 I14 I15 I16 I27 I32 I35 I36 I41 I44 I49 I55 I66 I67 I70".split(),
     "test": "I19 I29 I30 I34 I37 I38 I43 I50 I64 I71 I72 I73 I74 I78 I80 I81".split(),
 }
-
-
-class DataFileError(ValueError):
-    """A JSONL data file that cannot be used. The message names the file, the line and the fix."""
 
 
 def normalize_mos(values: Sequence[float], lower_is_better: bool = False) -> list[float]:
@@ -118,7 +113,8 @@ def build_rows(
     """Turn label rows into JSONL rows: absolute image path, normalised MOS, reference and split ("all" without one).
 
     Example:
-        >>> from vq_reward.train.labels import LabelRow
+        >>> from vq_reward.data.jsonl import DataFileError, read_objects, write_jsonl
+from vq_reward.data.labels import LabelRow
         >>> rows = build_rows([LabelRow("a.png", 1.0, None, "a", 1), LabelRow("b.png", 3.0, None, "b", 2)], "/d", "X")
         >>> rows[1]["image"], rows[1]["mos"], rows[1]["split"]
         ('/d/b.png', 5.0, 'all')
@@ -141,14 +137,6 @@ def build_rows(
     ]
 
 
-def write_jsonl(rows: Iterable[dict], path: str | Path) -> Path:
-    """Write one JSON object per line (parent folders are created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
 def read_jsonl(path: str | Path, required: Sequence[str] | None = None) -> list[dict]:
     """Read a JSONL data file, checking every line has the `required` keys (default: the keys of its `task`).
 
@@ -159,18 +147,8 @@ def read_jsonl(path: str | Path, required: Sequence[str] | None = None) -> list[
         >>> rows = read_jsonl("data/KADID-10K_train.jsonl")  # doctest: +SKIP
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataFileError(f"{path}: no such data file; write one with `vq-reward prepare-data`.")
     rows = []
-    for number, text in enumerate(path.read_text().splitlines(), 1):
-        if not text.strip():
-            continue
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise DataFileError(f"{path}:{number}: not valid JSON ({error.msg}).") from None
-        if not isinstance(row, dict):
-            raise DataFileError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}.")
+    for number, row in read_objects(path, hint="Write one with `vq-reward prepare-data`."):
         task = row.get("task", SCORE_TASK)
         if required is None and task not in TASK_KEYS:
             raise DataFileError(f"{path}:{number}: unknown task {task!r}; known tasks: {sorted(TASK_KEYS)}.")

@@ -1,0 +1,83 @@
+"""Options shared by the commands that load a scorer, and argparse types that refuse bad values before any work."""
+
+import argparse
+import logging
+import sys
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--model` (required), `--device`, `--dtype`, `--min-pixels`, `--max-pixels`, `--readout`."""
+    parser.add_argument(
+        "--model", required=True,
+        help="hub id (e.g. TianheWu/VisualQuality-R1-7B), local checkpoint folder, or a smoke model: 'taught' (answers "
+        "follow image quality) or 'tiny' (random; its scores mean nothing)",
+    )  # fmt: skip
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="weights' dtype (auto: bfloat16 on CUDA, float32 on CPU)")  # fmt: skip
+    parser.add_argument("--min-pixels", type=positive_int, default=None,
+                        help="pixel budget lower bound (default: the checkpoint's, 3136 for the 7B)")  # fmt: skip
+    parser.add_argument("--max-pixels", type=positive_int, default=None,
+                        help="pixel budget upper bound (default: the checkpoint's, 12845056 for the 7B)")  # fmt: skip
+    parser.add_argument("--readout", default=None, choices=["number", "first-digit"],
+                        help="number: expected value of the model's two-decimal answer (default); first-digit: "
+                        "expectation over the first digit only")  # fmt: skip
+
+
+def load_scorer(args: argparse.Namespace, batch_size: int = 8):
+    """The scorer the model arguments ask for, with a clear error for a device this machine does not have."""
+    quiet_loading()
+    import torch
+
+    from vq_reward.scorer import VisualQualityScorer
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device}: this machine has no usable CUDA GPU; use --device cpu.")
+    if args.model == "tiny":
+        print("Using the tiny RANDOM smoke model: its scores mean nothing. Pass a real --model to score for real.",
+              file=sys.stderr)  # fmt: skip
+    elif args.model == "taught":
+        print("Using the taught smoke model (0.7M parameters, taught on synthetic degradations): a demo, not a real "
+              "quality model.", file=sys.stderr)  # fmt: skip
+    kwargs = {} if args.readout is None else {"readout": args.readout}
+    return VisualQualityScorer.from_pretrained(
+        args.model,
+        device=device,
+        dtype=None if args.dtype == "auto" else getattr(torch, args.dtype),
+        min_pixels=args.min_pixels,
+        max_pixels=args.max_pixels,
+        batch_size=batch_size,
+        **kwargs,
+    )
+
+
+def quiet_loading() -> None:
+    """Keep library chatter that says nothing to a scoring user off the terminal: the weight-loading progress bar
+    and DeepSpeed's "Setting accelerator to CPU" warning (printed on import when deepspeed is installed)."""
+    logging.getLogger("DeepSpeed").addFilter(lambda record: "Setting accelerator to CPU" not in record.getMessage())
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()

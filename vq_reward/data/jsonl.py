@@ -1,0 +1,82 @@
+"""Reading and writing JSON-lines files: one reader with `file:line` errors, one atomic writer.
+
+Every data file of the project (training rows, label objects, distortion sets) goes through these two functions,
+so an error always names the file and the line, and a file is either written whole or not at all.
+"""
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+
+class DataFileError(ValueError):
+    """A data file that cannot be used. The message names the file, the line and the fix."""
+
+
+def read_objects(path: str | os.PathLike, hint: str = "") -> Iterator[tuple[int, dict]]:
+    """`(line number, object)` for every non-blank line of a JSONL file, or every item of a JSON list.
+
+    Args:
+        hint: what to do when the file is missing (e.g. which command writes it).
+
+    Example:
+        >>> path = write_jsonl([{"a": 1}, {"a": 2}], tmp_path / "x.jsonl")
+        >>> [(line, obj["a"]) for line, obj in read_objects(path)]
+        [(1, 1), (2, 2)]
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(f"{path}: no such file.{' ' + hint if hint else ''}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DataFileError(f"{path}: not UTF-8 text ({error}); is it a JSON file?") from None
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise DataFileError(f"{path}:{error.lineno}: not valid JSON ({error.msg}).") from None
+        for index, item in enumerate(items):
+            yield index + 1, _object(item, path, f"item {index}")
+        return
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataFileError(f"{path}:{number}: not valid JSON ({error.msg}).") from None
+        yield number, _object(item, path, str(number))
+
+
+def write_jsonl(rows: Iterable[dict], path: str | os.PathLike) -> Path:
+    """Write one JSON object per line, atomically: a temporary file beside `path`, synced, then renamed over it.
+
+    A full disk or a kill leaves the old file (or none), never a partial one. Parent folders are created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def write_atomically(path: Path, text: str) -> Path:
+    """Write `text` to `path` through a synced temporary file and a rename (see `write_jsonl`)."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _object(item: object, path: Path, where: str) -> dict:
+    if not isinstance(item, dict):
+        raise DataFileError(f"{path}:{where}: expected a JSON object, got {type(item).__name__}.")
+    return item

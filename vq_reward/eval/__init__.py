@@ -1,0 +1,1 @@
+"""Evaluation: agreement metrics (thin wrappers over scipy.stats) and per-dataset reports of a scorer."""

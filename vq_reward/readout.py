@@ -1,0 +1,379 @@
+"""The one place that reads a Qwen2.5-VL scorer: prompt text, token inputs, the score readouts, candidate
+log-probabilities over a closed answer set, and generation.
+
+Everything that reads the model goes through these functions: `VisualQualityScorer.score()` and `generate()`, the
+differentiable reward, the Q-Insight readouts and training's closed-set rollouts.
+
+Score readouts (`readout=` of the scorer):
+
+- "first-digit": softmax over the tokens "1".."5" right after the prompt and its forced answer prefix, and its
+  expectation. One position of one forward.
+- "number": the exact expected value of the model's two-decimal answer in [1, 5]. p1(d1) over "1".."5" after the
+  prefix; p2(d2 | d1) over "0".."9" after prefix + d1 + "."; p3(d3 | d1, d2) after prefix + d1 + "." + d2;
+  score = sum_d1 p1(d1) v(d1) with v(5) = 5 and v(d1) = d1 + sum_d2 p2 (d2/10 + sum_d3 p3 d3/100). Answers above 5
+  count as 5. Read in the same single forward as the prompt (below).
+
+Reading continuations in the prompt's forward pass (`tree_logits`): the continuations (the 48 answer branches of
+the number readout, or every answer of a closed set) form a trie that is appended to each prompt as extra tokens.
+A 4D attention mask lets each appended token see the prompt and its own ancestors only, and explicit M-RoPE
+positions put a token at depth k at the prompt's last position + k, so each branch reads exactly what the separate
+sequence "prompt + branch" would, without copying the prompt's keys and values.
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
+
+
+FIRST_DIGITS = ("1", "2", "3", "4", "5")
+DECIMALS = ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9")
+READOUTS = ("number", "first-digit")
+
+
+# -- prompt text and token inputs ----------------------------------------------------------------------------------
+
+
+def chat_text(processor: ProcessorMixin, messages: list[dict], add_vision_id: bool = False) -> str:
+    """The chat-templated prompt with the assistant turn opened (`add_generation_prompt=True`)."""
+    return processor.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, add_vision_id=add_vision_id
+    )
+
+
+def token_inputs(processor: ProcessorMixin, texts: Sequence[str], image_grid_thw: torch.Tensor) -> BatchFeature:
+    """The token side of a batch: what the processor returns besides the pixels, built from the image grids alone.
+
+    Each text holds one `<|image_pad|>` per image; the grids (`(total images, 3)`, row by row in order) expand each
+    to `t * h * w / merge_size**2` pads. Rows are left-padded with the pad token; `mm_token_type_ids` marks image
+    pads with 1 (transformers 5 needs it for the M-RoPE positions and silently computes wrong ones without it).
+    Because it needs only the grids, the same function serves PIL images (grids from the image processor) and
+    pixel tensors (grids from the torch preprocessing).
+
+    Example:
+        >>> token_inputs(processor, [prompt], torch.tensor([[1, 4, 4]])).keys()  # doctest: +SKIP
+        dict_keys(['input_ids', 'attention_mask', 'mm_token_type_ids'])
+    """
+    tokenizer = processor.tokenizer
+    image_token_id = int(processor.image_token_id)
+    merge_length = int(processor.image_processor.merge_size) ** 2
+    pads = [int(grid.prod()) // merge_length for grid in image_grid_thw]
+    rows, used = [], 0
+    for text in texts:
+        row = []
+        for token in tokenizer(text, add_special_tokens=False)["input_ids"]:
+            if token != image_token_id:
+                row.append(token)
+                continue
+            if used == len(pads):
+                raise ValueError(f"the prompts hold more {processor.image_token} than the {len(pads)} images given.")
+            row.extend([image_token_id] * pads[used])
+            used += 1
+        rows.append(row)
+    if used != len(pads):
+        raise ValueError(f"{len(pads)} images for {used} {processor.image_token} in the prompts; give one per image.")
+    length = max(len(row) for row in rows)
+    pad_id = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad_id] * (length - len(row)) + row for row in rows], dtype=torch.long)
+    attention_mask = torch.tensor([[0] * (length - len(row)) + [1] * len(row) for row in rows], dtype=torch.long)
+    mm_token_type_ids = (input_ids == image_token_id).long() * attention_mask
+    return BatchFeature(
+        {"input_ids": input_ids, "attention_mask": attention_mask, "mm_token_type_ids": mm_token_type_ids}
+    )
+
+
+def model_inputs(
+    processor: ProcessorMixin, texts: Sequence[str], images: Sequence[Image.Image | Sequence[Image.Image]]
+) -> BatchFeature:
+    """Everything the model takes for a batch of PIL images: one text per row, one image (or a list) per row.
+
+    Images must already have their model size (`vq_reward.images.resize_for_model`); the image processor then only
+    normalises and patchifies them.
+    """
+    flat = [image for row in images for image in (row if isinstance(row, (list, tuple)) else [row])]
+    pixels = processor.image_processor(images=flat, return_tensors="pt")
+    tokens = token_inputs(processor, texts, pixels["image_grid_thw"])
+    return BatchFeature({**tokens, "pixel_values": pixels["pixel_values"], "image_grid_thw": pixels["image_grid_thw"]})
+
+
+def single_token_ids(tokenizer, texts: Sequence[str]) -> list[int]:
+    """The id of each text, which must be exactly one token (digits and "." are, in Qwen2/Qwen2.5 tokenizers)."""
+    ids = []
+    for text in texts:
+        encoded = tokenizer.encode(text, add_special_tokens=False)
+        if len(encoded) != 1:
+            raise ValueError(
+                f"The tokenizer splits {text!r} into {len(encoded)} tokens; the readouts need each digit and '.' to be "
+                "one token, as in Qwen2/Qwen2.5 tokenizers. Use a Qwen2.5-VL based checkpoint."
+            )
+        ids.extend(encoded)
+    return ids
+
+
+@dataclass(frozen=True)
+class NumberTokens:
+    """Token ids of the answer grammar "d.dd": the first digits "1".."5", the decimals "0".."9" and "."."""
+
+    first: tuple[int, ...]
+    decimals: tuple[int, ...]
+    dot: int
+
+    @classmethod
+    def of(cls, tokenizer) -> "NumberTokens":
+        return cls(
+            first=tuple(single_token_ids(tokenizer, FIRST_DIGITS)),
+            decimals=tuple(single_token_ids(tokenizer, DECIMALS)),
+            dot=single_token_ids(tokenizer, ["."])[0],
+        )
+
+
+# -- the score readouts --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoreDetails:
+    """A batch's score readout, in input order (tensors of the dtype they were computed in, on their device).
+
+    Attributes:
+        scores: `(N,)` expected score in [1, 5].
+        std: `(N,)` standard deviation of the score under the same distribution (the model's own uncertainty).
+        probs: `(N, 5)` softmax over the logits of "1".."5" at the first answer position.
+        digit_mass: `(N,)` probability of those five tokens among *all* tokens there (a health figure: a fine-tuned
+            checkpoint puts nearly all its mass on them).
+        dot_mass: `(N, 4)` "number" only: probability of "." among all tokens after each first digit 1..4 (health).
+        readout: "number" or "first-digit", the readout that produced these figures.
+    """
+
+    scores: torch.Tensor
+    std: torch.Tensor
+    probs: torch.Tensor
+    digit_mass: torch.Tensor
+    dot_mass: torch.Tensor | None = None
+    readout: str = "first-digit"
+
+
+def first_digit_readout(last_logits: torch.Tensor, tokens: NumberTokens) -> ScoreDetails:
+    """The single-token readout from the logits `(N, vocab)` at the first answer position."""
+    logits = last_logits.to(torch.promote_types(last_logits.dtype, torch.float32))
+    first = list(tokens.first)
+    probs = logits[:, first].softmax(-1)
+    values = torch.arange(1.0, len(first) + 1.0, dtype=probs.dtype, device=probs.device)
+    scores = probs @ values
+    std = (probs @ values.square() - scores.square()).clamp(min=0).sqrt()
+    mass = logits.softmax(-1)[:, first].sum(-1)
+    return ScoreDetails(scores=scores, std=std, probs=probs, digit_mass=mass)
+
+
+def first_digit_logits(model: PreTrainedModel, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Logits `(N, vocab)` at the last prompt position (the first answer position), from one forward."""
+    return model(**inputs, logits_to_keep=1, use_cache=False).logits[:, -1]
+
+
+@dataclass(frozen=True)
+class AnswerTree:
+    """Continuations of a prompt as a trie: node i is token `tokens[i]` under node `parents[i]` (-1: the prompt)."""
+
+    tokens: tuple[int, ...]
+    parents: tuple[int, ...]
+
+    @classmethod
+    def from_sequences(cls, sequences: Sequence[Sequence[int]]) -> tuple["AnswerTree", list[list[int]]]:
+        """The trie of token sequences, and each sequence's path of node indices (shared prefixes share nodes)."""
+        tokens: list[int] = []
+        parents: list[int] = []
+        children: dict[tuple[int, int], int] = {}
+        paths = []
+        for sequence in sequences:
+            if not sequence:
+                raise ValueError("every continuation needs at least one token.")
+            node, path = -1, []
+            for token in sequence:
+                key = (node, int(token))
+                if key not in children:
+                    children[key] = len(tokens)
+                    tokens.append(int(token))
+                    parents.append(node)
+                node = children[key]
+                path.append(node)
+            paths.append(path)
+        return cls(tuple(tokens), tuple(parents)), paths
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def depths(self) -> list[int]:
+        """1 for a child of the prompt, 2 for its children, and so on."""
+        depth: list[int] = []
+        for parent in self.parents:
+            depth.append(1 if parent < 0 else depth[parent] + 1)
+        return depth
+
+    def ancestry(self) -> torch.Tensor:
+        """`(M, M)` booleans: entry (i, j) is True when node j is node i or one of its ancestors."""
+        allowed = torch.eye(len(self), dtype=torch.bool)
+        for node, parent in enumerate(self.parents):
+            if parent >= 0:
+                allowed[node] |= allowed[parent]
+        return allowed
+
+
+def tree_logits(model: PreTrainedModel, inputs: Mapping[str, torch.Tensor], tree: AnswerTree) -> torch.Tensor:
+    """Logits `(N, 1 + M, vocab)` at the prompt's last position and at every node of `tree`, from one forward.
+
+    `inputs` is a left-padded batch (`model_inputs` or `token_inputs` plus pixels). The tree's tokens are appended
+    to every row; see the module docstring for the mask and the positions. Works under autograd (the
+    differentiable reward) and with any wrapper that forwards keyword arguments to the Qwen2.5-VL model.
+    """
+    input_ids, padding = inputs["input_ids"], inputs["attention_mask"].bool()
+    batch, length = input_ids.shape
+    device = input_ids.device
+    size = len(tree)
+    nodes = torch.tensor(tree.tokens, dtype=input_ids.dtype, device=device)
+    ids = torch.cat([input_ids, nodes.expand(batch, size)], dim=1)
+
+    # Who may attend to whom: the prompt is causal over its real tokens (a padding query sees itself, so no row is
+    # fully masked); a node sees every real prompt token and its own ancestors.
+    total = length + size
+    allowed = torch.zeros(batch, total, total, dtype=torch.bool, device=device)
+    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    allowed[:, :length, :length] = causal & padding[:, None, :]
+    allowed[:, :length, :length] |= torch.eye(length, dtype=torch.bool, device=device)
+    allowed[:, length:, :length] = padding[:, None, :]
+    allowed[:, length:, length:] = tree.ancestry().to(device)
+    dtype = next(model.parameters()).dtype
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
+
+    positions, _ = _rope_index(model)(
+        input_ids,
+        mm_token_type_ids=inputs["mm_token_type_ids"],
+        image_grid_thw=inputs.get("image_grid_thw"),
+        attention_mask=inputs["attention_mask"],
+    )
+    depth = torch.tensor(tree.depths(), dtype=positions.dtype, device=positions.device)
+    node_positions = positions[:, :, -1:] + depth  # text after the image: the three M-RoPE rows are equal
+    position_ids = torch.cat([positions, node_positions], dim=2)
+
+    extra = {key: value for key, value in inputs.items() if key not in ("input_ids", "attention_mask")}
+    extra["mm_token_type_ids"] = torch.cat(
+        [inputs["mm_token_type_ids"], torch.zeros(batch, size, dtype=inputs["mm_token_type_ids"].dtype, device=device)],
+        dim=1,
+    )
+    keep = torch.arange(length - 1, total, device=device)
+    output = model(
+        input_ids=ids, attention_mask=mask[:, None], position_ids=position_ids, logits_to_keep=keep, use_cache=False,
+        **extra,
+    )  # fmt: skip
+    return output.logits
+
+
+def number_tree(tokens: NumberTokens) -> AnswerTree:
+    """The 48 branches of the number readout: each first digit 1..4, its ".", and the ten first decimals under it.
+
+    Node order: [d1=1, ".", 0..9, d1=2, ".", 0..9, ...], so node `12 * a` is first digit a+1, `12 * a + 1` its dot and
+    `12 * a + 2 + b` its decimal b.
+    """
+    sequences = [[tokens.first[a]] for a in range(4)]
+    sequences += [[tokens.first[a], tokens.dot, tokens.decimals[b]] for a in range(4) for b in range(10)]
+    tree, _ = AnswerTree.from_sequences(sorted(sequences, key=lambda s: (tokens.first.index(s[0]), len(s), s)))
+    return tree
+
+
+def number_readout(logits: torch.Tensor, tokens: NumberTokens) -> ScoreDetails:
+    """The exact expected two-decimal answer from `tree_logits(model, inputs, number_tree(tokens))`."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    first = logits[:, 0]  # the prompt's last position
+    branch = logits[:, 1:].unflatten(1, (4, 12))  # [N, first digit 1..4, (digit, dot, decimal 0..9), vocab]
+    decimals = list(tokens.decimals)
+    probs = first[:, list(tokens.first)].softmax(-1)  # p1, [N, 5]
+    second = branch[:, :, 1, decimals].softmax(-1)  # p2(d2 | d1), read at the dot, [N, 4, 10]
+    third = branch[:, :, 2:, decimals].softmax(-1)  # p3(d3 | d1, d2), read at d2, [N, 4, 10, 10]
+
+    values = torch.arange(10, dtype=probs.dtype, device=probs.device)
+    number = (
+        torch.arange(1.0, 5.0, dtype=probs.dtype, device=probs.device)[:, None, None]
+        + values[None, :, None] / 10
+        + values[None, None, :] / 100
+    )  # d1 + d2/10 + d3/100, [4, 10, 10]
+    joint = second[..., None] * third  # p2 * p3, [N, 4, 10, 10]
+    given_first = (joint * number).sum((-1, -2))  # E[X | d1], [N, 4]
+    square_given_first = (joint * number.square()).sum((-1, -2))  # E[X^2 | d1]
+    scores = (probs[:, :4] * given_first).sum(-1) + probs[:, 4] * 5.0
+    second_moment = (probs[:, :4] * square_given_first).sum(-1) + probs[:, 4] * 25.0
+    std = (second_moment - scores.square()).clamp(min=0).sqrt()
+
+    digit_mass = first.softmax(-1)[:, list(tokens.first)].sum(-1)
+    dot_mass = branch[:, :, 0].softmax(-1)[..., tokens.dot]  # "." after each first digit, among all tokens
+    return ScoreDetails(scores=scores, std=std, probs=probs, digit_mass=digit_mass, dot_mass=dot_mass, readout="number")
+
+
+def candidate_logprobs(
+    model: PreTrainedModel,
+    inputs: Mapping[str, torch.Tensor],
+    candidates: Sequence[Sequence[int]],
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """log p(candidate | prompt) of every candidate continuation, `(N, K)`, all read in one forward.
+
+    Each candidate's log-likelihood is the sum of its tokens' teacher-forced log-probabilities (logits divided by
+    `temperature`); candidates sharing a token prefix share its nodes in the trie.
+    """
+    tree, paths = AnswerTree.from_sequences(candidates)
+    logits = tree_logits(model, inputs, tree).float() / temperature  # [N, 1 + M, vocab]
+    # Node i's token is predicted at its parent's position (index 0: the prompt's last position).
+    predictor = torch.tensor([0 if parent < 0 else parent + 1 for parent in tree.parents], device=logits.device)
+    logprobs = logits[:, predictor].log_softmax(-1)  # [N, M, vocab]
+    targets = torch.tensor(tree.tokens, device=logits.device)
+    token_logprobs = logprobs.gather(-1, targets.expand(len(logits), -1)[..., None]).squeeze(-1)  # [N, M]
+    return torch.stack([token_logprobs[:, path].sum(-1) for path in paths], dim=1)
+
+
+def continuation_ids(tokenizer, prefix: str, answers: Sequence[str]) -> list[list[int]]:
+    """Each answer's own token ids after `prefix`, refusing a tokenizer that merges tokens across the boundary.
+
+    A merge would make the answer's tokens depend on the prefix, so reading them after the prefix's own tokens
+    would score a sequence the model never sees.
+    """
+    prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    out = []
+    for answer in answers:
+        ids = tokenizer(prefix + answer, add_special_tokens=False)["input_ids"]
+        if ids[: len(prefix_ids)] != prefix_ids:
+            raise ValueError(
+                f"the tokenizer merges the prefix {prefix!r} with the answer {answer!r} into one token, so the answer "
+                "has no token boundary of its own and cannot be read after the prefix."
+            )
+        out.append(ids[len(prefix_ids) :])
+    return out
+
+
+# -- generation ----------------------------------------------------------------------------------------------------
+
+
+def generate_texts(
+    model: PreTrainedModel, processor: ProcessorMixin, inputs: Mapping[str, torch.Tensor], settings: Mapping
+) -> list[str]:
+    """Generate a completion per row (`settings`: `model.generate` keywords) and decode it without special tokens."""
+    output = model.generate(**inputs, **settings)
+    completions = output[:, inputs["input_ids"].shape[1] :]
+    return processor.batch_decode(completions, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def _rope_index(model: torch.nn.Module):
+    """The M-RoPE position function of the Qwen2.5-VL model inside `model` (a plain, PEFT or DeepSpeed-wrapped one)."""
+    for module in model.modules():
+        if hasattr(module, "get_rope_index"):
+            return module.get_rope_index
+    raise TypeError(f"{type(model).__name__} has no Qwen2.5-VL model inside (no get_rope_index); it cannot be read.")
+
+
+def read_scores(
+    model: PreTrainedModel, inputs: Mapping[str, torch.Tensor], tokens: NumberTokens, readout: str
+) -> ScoreDetails:
+    """The score readout `readout` ("number" or "first-digit") of a batch, from one forward."""
+    if readout == "first-digit":
+        return first_digit_readout(first_digit_logits(model, inputs), tokens)
+    if readout == "number":
+        return number_readout(tree_logits(model, inputs, number_tree(tokens)), tokens)
+    raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}.")

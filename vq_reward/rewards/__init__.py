@@ -1,0 +1,29 @@
+"""Rewards for other people's training loops, made from a `VisualQualityScorer`.
+
+- `QualityReward` (`scorer.as_reward()`): DDPO / Flow-GRPO / DanceGRPO, `fn(images, prompts, metadata) ->
+  (np.float32[N], info)`.
+- `DifferentiableQualityReward` (`scorer.as_differentiable_reward()`): DRaFT / AlignProp / ReFL,
+  `fn(images) -> Tensor[N]` whose graph reaches the pixels.
+- `TrlQualityReward` (`scorer.as_trl_reward()`): `trl.GRPOTrainer`, `fn(prompts, completions, completion_ids,
+  **columns) -> list[float | None]`, named "visual_quality".
+
+All three are plain callable classes, never `nn.Module` (TRL would take a module for a text reward model). They
+pickle without weights (`ScorerSource`): the copy that a process unpickling them loads on first use scores exactly
+like the original. Calls from several threads are safe: the scorer scores one batch at a time.
+"""
+
+from vq_reward.rewards.differentiable import DifferentiableQualityReward
+from vq_reward.rewards.diffusion import QualityReward
+from vq_reward.rewards.source import REWARD_NAME, ScorerSource, default_device
+from vq_reward.rewards.trl import TrlQualityReward, completion_text
+
+
+__all__ = [
+    "REWARD_NAME",
+    "DifferentiableQualityReward",
+    "QualityReward",
+    "ScorerSource",
+    "TrlQualityReward",
+    "completion_text",
+    "default_device",
+]
