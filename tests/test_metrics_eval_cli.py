@@ -51,7 +51,7 @@ def test_eval_reads_a_raw_label_file(tiny_path, labelled, tmp_path):
 
 
 def test_raw_label_file_needs_images(labelled, capsys):
-    assert cli(["eval", "--labels", str(labelled / "images" / "labels.txt")]) == 2
+    assert cli(["eval", "--labels", str(labelled / "images" / "labels.txt"), "--model", "tiny"]) == 2
     assert "needs --images" in capsys.readouterr().err
 
 

@@ -112,7 +112,7 @@ def test_custom_question(tiny_path):
 
 
 def test_bad_batch_size(scorer):
-    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
+    with pytest.raises(ValueError, match="batch_size must be a whole number of at least 1, got 0"):
         scorer.score(noise_image(64, 64), batch_size=0)
 
 

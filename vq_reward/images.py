@@ -72,7 +72,8 @@ def resize_for_model(image: Image.Image, min_pixels: int, max_pixels: int) -> Im
 
 @dataclass(frozen=True)
 class ImageSource:
-    """One checked input, not decoded yet: its name for messages, its size, and how to get its RGB pixels."""
+    """One checked input, not decoded yet: its name for messages, its stored size (before any EXIF rotation, which
+    changes neither its area nor its sides' ratio), and how to get its RGB pixels."""
 
     name: str
     width: int
@@ -207,8 +208,7 @@ def _sources(
     if isinstance(item, (str, os.PathLike)):
         return [_file_source(item, name, max_pixels, exif_transpose)]
     if isinstance(item, Image.Image):
-        width, height = _upright_size(item, exif_transpose)
-        return [ImageSource(name, width, height, lambda: pil_to_rgb(_upright(item, exif_transpose), name))]
+        return [ImageSource(name, *item.size, lambda: pil_to_rgb(_upright(item, exif_transpose), name))]
     if isinstance(item, np.ndarray):
         return _array_sources(item, name, input_range)
     if isinstance(item, torch.Tensor):
@@ -230,7 +230,7 @@ def _file_source(path: str | os.PathLike, name: str, max_pixels: int, exif_trans
     if file.stat().st_size == 0:
         raise ImageInputError(f"{name} is empty (0 bytes); the file was not written completely. Re-create it.")
     with _opened(file, name) as image:  # Image.open reads only the header: the size is known before decoding
-        width, height = _upright_size(image, exif_transpose)
+        width, height = image.size  # before any EXIF rotation, which keeps the area, the short side and the ratio
     _check_size(width, height, name, max_pixels)
 
     def load() -> Image.Image:
@@ -266,19 +266,14 @@ class _opened:
             ) from error
         except Image.DecompressionBombError as error:
             raise ImageInputError(f"{self.name} is too large to decode safely ({error}). Downscale it.") from error
-        except OSError as error:
-            raise ImageInputError(f"{self.name} cannot be opened ({error}).") from error
+        except OSError as error:  # readable (checked before), so the file itself is damaged
+            raise ImageInputError(
+                f"{self.name} is corrupt or truncated ({error}). Re-create or re-download it."
+            ) from error
         return self.image
 
     def __exit__(self, *exc_info: object) -> None:
         self.image.close()
-
-
-def _upright_size(image: Image.Image, exif_transpose: bool) -> tuple[int, int]:
-    """The size after EXIF rotation, from the header tag alone (orientations 5-8 swap the sides)."""
-    if exif_transpose and image.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-        return image.height, image.width
-    return image.width, image.height
 
 
 def _upright(image: Image.Image, exif_transpose: bool) -> Image.Image:

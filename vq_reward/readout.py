@@ -53,8 +53,8 @@ def token_inputs(processor: ProcessorMixin, texts: Sequence[str], image_grid_thw
     pixel tensors (grids from the torch preprocessing).
 
     Example:
-        >>> token_inputs(processor, [prompt], torch.tensor([[1, 4, 4]])).keys()  # doctest: +SKIP
-        dict_keys(['input_ids', 'attention_mask', 'mm_token_type_ids'])
+        >>> sorted(token_inputs(processor, [prompt], torch.tensor([[1, 4, 4]])))
+        ['attention_mask', 'input_ids', 'mm_token_type_ids']
     """
     tokenizer = processor.tokenizer
     image_token_id = int(processor.image_token_id)

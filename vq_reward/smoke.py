@@ -73,7 +73,8 @@ def build_tiny_checkpoint(path: str | os.PathLike) -> Path:
 
     Example:
         >>> from vq_reward import VisualQualityScorer
-        >>> scorer = VisualQualityScorer.from_pretrained(build_tiny_checkpoint(tmp_path))  # doctest: +SKIP
+        >>> VisualQualityScorer.from_pretrained(build_tiny_checkpoint(tmp_path / "tiny")).score(torch.rand(1, 3, 56, 56)).shape
+        torch.Size([1])
     """
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)

@@ -142,9 +142,9 @@ def make_distorted_set(
         seed: seeds the crop positions.
 
     Example:
-        >>> rows = make_distorted_set("examples/images", "/tmp/distorted", kinds=("blur",))  # doctest: +SKIP
-        >>> rows[1].image, rows[1].mos  # doctest: +SKIP
-        ('astronaut__blur1.png', 4.2)
+        >>> rows = make_distorted_set("examples/images", tmp_path, kinds=("blur",), levels=(1,), crops_per_image=1)
+        >>> rows[1].image, rows[1].mos
+        ('astronaut__c0__blur1.png', 4.2)
     """
     sources = sorted(p for p in Path(source_dir).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
     if not sources:

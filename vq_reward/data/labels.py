@@ -87,8 +87,9 @@ def read_label_file(
         The rows, and one message per skipped line ("FILE:LINE: why").
 
     Example:
-        >>> rows, skipped = read_label_file("labels.txt")  # doctest: +SKIP
-        >>> rows[0]  # doctest: +SKIP
+        >>> _ = (tmp_path / "labels.txt").write_text("I01_01_01.png 4.57\\n")
+        >>> rows, skipped = read_label_file(tmp_path / "labels.txt", Layout(std=None, reference_pattern="^(I\\\\d+)_"))
+        >>> rows[0]
         LabelRow(image='I01_01_01.png', mos=4.57, std=None, reference='I01', line=1)
     """
     path = Path(path)

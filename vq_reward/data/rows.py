@@ -113,8 +113,7 @@ def build_rows(
     """Turn label rows into JSONL rows: absolute image path, normalised MOS, reference and split ("all" without one).
 
     Example:
-        >>> from vq_reward.data.jsonl import DataFileError, read_objects, write_jsonl
-from vq_reward.data.labels import LabelRow
+        >>> from vq_reward.data.labels import LabelRow
         >>> rows = build_rows([LabelRow("a.png", 1.0, None, "a", 1), LabelRow("b.png", 3.0, None, "b", 2)], "/d", "X")
         >>> rows[1]["image"], rows[1]["mos"], rows[1]["split"]
         ('/d/b.png', 5.0, 'all')
@@ -144,7 +143,9 @@ def read_jsonl(path: str | Path, required: Sequence[str] | None = None) -> list[
     whole.
 
     Example:
-        >>> rows = read_jsonl("data/KADID-10K_train.jsonl")  # doctest: +SKIP
+        >>> path = write_jsonl([{"image": "a.png", "dataset_name": "X", "mos": 3.0}], tmp_path / "x_train.jsonl")
+        >>> read_jsonl(path)[0]["image"] == str(tmp_path / "a.png")
+        True
     """
     path = Path(path)
     rows = []

@@ -119,13 +119,12 @@ def _is_checkpointing(model: torch.nn.Module) -> bool:
 
 
 def _tensor_list(images: torch.Tensor | Sequence[torch.Tensor], max_pixels: int) -> list[torch.Tensor]:
-    batch = list(images) if isinstance(images, torch.Tensor) and images.ndim == 4 else None
-    if isinstance(images, torch.Tensor) and images.ndim != 4:
+    if isinstance(images, torch.Tensor) and (images.ndim != 4 or images.shape[1] != 3):
         raise ImageInputError(
             f"images has shape {tuple(images.shape)}; expected (N, 3, H, W) RGB, channels first (use .permute(0, 3, 1, "
             "2) for NHWC), or a list of (3, H, W) tensors."
         )
-    batch = batch if batch is not None else list(images)
+    batch = list(images)
     if not batch:
         raise ImageInputError("No images given: pass a float tensor (N, 3, H, W) or a list of (3, H, W) tensors.")
     for index, image in enumerate(batch):

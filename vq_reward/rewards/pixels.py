@@ -49,7 +49,7 @@ class QwenImageLayout:
         """Read the layout from a Qwen2.5-VL processor or its image processor.
 
         Example:
-            >>> layout = QwenImageLayout.from_processor(scorer.processor)  # doctest: +SKIP
+            >>> layout = QwenImageLayout.from_processor(scorer.processor)
             >>> layout.factor
             28
         """
@@ -78,8 +78,8 @@ def resize_to_budget(images: torch.Tensor, layout: QwenImageLayout) -> torch.Ten
     is clamped to [0, 1] as PIL's uint8 output is. The two agree closely but not bit for bit.
 
     Example:
-        >>> resize_to_budget(torch.rand(1, 3, 384, 512), layout).shape  # doctest: +SKIP
-        torch.Size([1, 3, 392, 504])
+        >>> resize_to_budget(torch.rand(1, 3, 384, 512), layout).shape  # the tiny model's budget: at most 64 tokens
+        torch.Size([1, 3, 168, 252])
     """
     height, width = images.shape[-2:]
     new_height, new_width = smart_resize(height, width, layout.min_pixels, layout.max_pixels, layout.factor)
@@ -105,7 +105,7 @@ def patchify(images: torch.Tensor, layout: QwenImageLayout) -> torch.Tensor:
     frame repeated `temporal_patch_size` times, each a 14x14 patch.
 
     Example:
-        >>> patchify(torch.zeros(2, 3, 56, 84), layout).shape  # doctest: +SKIP
+        >>> patchify(torch.zeros(2, 3, 56, 84), layout).shape
         torch.Size([48, 1176])
     """
     batch, channels, height, width = images.shape
@@ -134,7 +134,7 @@ def pixel_inputs(
         laid out as the HF processor lays them out for the same images.
 
     Example:
-        >>> values, grid = pixel_inputs(torch.rand(2, 3, 56, 56, requires_grad=True), layout)  # doctest: +SKIP
+        >>> values, grid = pixel_inputs(torch.rand(2, 3, 56, 56, requires_grad=True), layout)
         >>> grid.tolist()
         [[1, 4, 4], [1, 4, 4]]
     """

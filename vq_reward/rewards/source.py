@@ -69,6 +69,11 @@ class ScorerSource:
                     self._scorer = self._recipe.build(device)
         return self._scorer
 
+    @property
+    def loaded(self) -> VisualQualityScorer | None:
+        """The scorer if it is loaded already, else `None` (nothing is loaded before the first call)."""
+        return self._scorer
+
     def recipe(self) -> ScorerRecipe:
         """What a copy loads: the loaded scorer's current recipe, or the one this source was given."""
         return self._scorer.recipe() if self._scorer is not None else self._recipe
