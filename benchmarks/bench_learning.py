@@ -8,13 +8,11 @@ half of those photos and of two photos never trained on. Prints the held-out SRC
 label before and after (overall, and per distortion kind ranked together with the clean crops), and saves the curve
 (curve.png) and the figures (summary.json).
 
-    OMP_NUM_THREADS=1 python train/bench_learning.py --minutes 20 --output runs/bench_learning
+    OMP_NUM_THREADS=1 python benchmarks/bench_learning.py --minutes 20 --output runs/bench_learning
 
-Measured (2 shared cores; train/bench_learning_results/): overall SRCC -0.01 before; with constant lr, 0.12-0.16
-from minute 10 to 18 (darkening 0.84-0.86, the other kinds about 0), but 0.06 at the very end after a late jump
-of the policy; with `--max-steps 800` (cosine) 0.27 at its best (minute 8) and 0.07 at the end. The tiny model's
-readout is unstable: darkening is learnt within minutes, and is sometimes unlearnt as quickly. See
-shared/reference/learning-on-cpu.md for why blur, noise and JPEG stay near 0 on this model.
+Measured figures: benchmarks/README.md (and results_learning/). Why blur, noise and JPEG stay near 0 here: the
+information is in the tiny model's vision features (a ridge regression on the frozen random features ranks noise,
+blur and darkening well), but its 2-layer language model does not carry it to the answer position.
 """
 
 import argparse

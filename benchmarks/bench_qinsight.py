@@ -39,7 +39,6 @@ readout sometimes falls back to one class for every image for a while (seed 0 at
 import argparse
 import copy
 import json
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -55,8 +54,7 @@ from vq_reward.data.rows import write_jsonl
 from vq_reward.train.grpo import main as train
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_learning import CROP, HELD_OUT_PHOTOS, make_crops  # noqa: E402
+from bench_learning import CROP, HELD_OUT_PHOTOS, make_crops  # a sibling script: python puts benchmarks/ on sys.path
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,10 +1,10 @@
 """The GRPO entry point end to end on the tiny checkpoint (CPU, one process): weights move, checkpoints load in the
 scorer with the original chat template, resume works, the vision tower can be frozen, bad layouts are refused."""
 
-import json
-
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+from transformers import TrainerCallback
 
 from vq_reward import VisualQualityScorer
 from vq_reward.cli import main as cli
@@ -67,19 +67,55 @@ def test_official_thinking_recipe_runs_with_both_rewards(tiny_path, train_file, 
     assert logged["rewards/fidelity/mean"] > 0  # random-integer stand-ins make every rollout rankable
 
 
-def test_training_resumes_from_a_checkpoint(tiny_path, train_file, tmp_path):
-    out = tmp_path / "run"
-    first = train(_args(tiny_path, train_file, out, "--save_strategy", "steps", "--save_steps", "2"))
-    assert (out / "checkpoint-2").is_dir()
-    saved = _weights(first.model)
-    resume = ["--max_steps", "3", "--resume_from_checkpoint", str(out / "checkpoint-2")]
-    resumed = train(_args(tiny_path, train_file, out, *resume))
-    assert resumed.state.global_step == 3
-    assert [h["step"] for h in resumed.state.log_history if "loss" in h] == [1, 2, 3]  # history carried over
-    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
-    assert state["global_step"] == 2
-    changed = [n for n, p in resumed.model.named_parameters() if not torch.equal(p.detach(), saved[n])]
-    assert changed  # one more step from the checkpoint's weights
+class StopAfterTwoSteps(TrainerCallback):
+    """What a kill after the step-2 checkpoint leaves: the checkpoint, and nothing after it."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        control.should_training_stop = state.global_step == 2
+        return control
+
+
+def _rewards(trainer) -> list[float]:
+    return [h["rewards/fidelity/mean"] for h in trainer.state.log_history if "rewards/fidelity/mean" in h]
+
+
+@pytest.mark.parametrize("variant", [[], ["--freeze_vision", "true"],
+                                     ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"]],
+                         ids=["full", "frozen-vision", "lora"])  # fmt: skip
+def test_a_resumed_run_equals_the_uninterrupted_one(tiny_path, train_file, tmp_path, variant):
+    def run(out, *extra, callbacks=None):
+        args = _args(tiny_path, train_file, out, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2")
+        return train(args + variant + list(extra), callbacks=callbacks)
+
+    whole = run(tmp_path / "whole")
+    run(tmp_path / "cut", callbacks=[StopAfterTwoSteps()])
+    resumed = run(tmp_path / "cut", "--resume_from_checkpoint", str(tmp_path / "cut" / "checkpoint-2"))
+    assert resumed.state.global_step == 4
+    assert _rewards(resumed) == _rewards(whole) and len(_rewards(whole)) == 4  # steps 3 and 4 included
+    expected = dict(whole.model.named_parameters())
+    delta = max((p.detach() - expected[n].detach()).abs().max().item() for n, p in resumed.model.named_parameters())
+    assert delta <= 1e-6, f"max |delta| over all tensors, resumed vs uninterrupted: {delta}"
+
+
+def test_a_checkpoint_that_does_not_cover_the_model_is_refused(tiny_path, train_file, tmp_path):
+    train(_args(tiny_path, train_file, tmp_path / "run", "--save_strategy", "steps", "--save_steps", "2"))
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    weights = load_file(checkpoint / "model.safetensors")
+    dropped = sorted(weights)[0]
+    save_file({k: v for k, v in weights.items() if k != dropped}, checkpoint / "model.safetensors")
+    with pytest.raises(RuntimeError, match=r"does not match the model: 1 missing tensors"):
+        train(_args(tiny_path, train_file, tmp_path / "run", "--max_steps", "3",
+                    "--resume_from_checkpoint", str(checkpoint)))  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"did not load completely \(missing_keys: 1"):
+        VisualQualityScorer.from_pretrained(checkpoint)
+
+
+def test_a_training_checkpoint_loads_in_the_scorer_with_every_weight(tiny_path, train_file, tmp_path):
+    trainer = train(_args(tiny_path, train_file, tmp_path / "run"))
+    loaded = dict(VisualQualityScorer.from_pretrained(tmp_path / "run").model.named_parameters())
+    trained = dict(trainer.model.named_parameters())
+    assert loaded.keys() == trained.keys()
+    assert all(torch.equal(loaded[name], trained[name].detach()) for name in trained)
 
 
 def test_frozen_vision_tower_does_not_move(tiny_path, train_file, tmp_path):

@@ -1,13 +1,15 @@
 """IQA agreement metrics as pure functions: SRCC, PLCC (raw and after the 4-parameter logistic fit), KRCC.
 
-numpy only, except the logistic fit, which needs scipy (`pip install 'vq-reward[eval]'`). Each function takes
-predictions and ground truth of equal length and returns a float; an undefined value (fewer than two items, or
-a constant input) is `nan`, never a made-up number, as scipy does.
+SRCC, PLCC and KRCC are thin wrappers over `scipy.stats` (`spearmanr`, `pearsonr`, `kendalltau` tau-b); the
+logistic fit uses `scipy.optimize`. scipy is an optional dependency: `pip install 'vq-reward[eval]'`. Each
+function takes predictions and ground truth of equal length and returns a float; an undefined value (fewer than
+two items, or a constant input) is `nan`, never a made-up number, and no scipy warning reaches the caller.
 
     >>> srcc([1.0, 2.0, 3.0], [10.0, 30.0, 20.0])
     0.5
 """
 
+import importlib
 import math
 import warnings
 from collections.abc import Sequence
@@ -17,120 +19,111 @@ import numpy as np
 
 ArrayLike = Sequence[float] | np.ndarray
 
+# Bounds of the logistic fit, in units of the predictions' standard deviation (see `fit_logistic`).
+LOGISTIC_MIN_SCALE = 0.25  # b4 >= 0.25 std: no near-step curves, which only chase noise
+LOGISTIC_MAX_SCALE = 100.0  # b4 <= 100 std: the curve is then linear over the data to ~1e-5
+LOGISTIC_CENTRE_MARGIN = 2.0  # b3 within [min - 2 std, max + 2 std] of the predictions
 
-def rankdata(values: ArrayLike) -> np.ndarray:
-    """Ranks 1..N with ties given their average rank (scipy's "average" method).
-
-    Example:
-        >>> rankdata([10, 20, 20, 5]).tolist()
-        [2.0, 3.5, 3.5, 1.0]
-    """
-    x = np.asarray(values, dtype=np.float64)
-    order = np.argsort(x, kind="mergesort")
-    sorted_x = x[order]
-    # Start of each run of equal values; every member of a run gets the run's mean rank.
-    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
-    ends = np.r_[starts[1:], len(x)]
-    mean_rank = (starts + ends + 1) / 2.0
-    ranks = np.empty(len(x))
-    ranks[order] = np.repeat(mean_rank, ends - starts)
-    return ranks
+_EXTRA = "pip install 'vq-reward[eval]'"
 
 
 def plcc(pred: ArrayLike, target: ArrayLike) -> float:
-    """Pearson linear correlation of the raw values.
+    """Pearson linear correlation of the raw values (`scipy.stats.pearsonr`).
 
     Example:
         >>> round(plcc([1, 2, 3], [2, 4, 7]), 4)
         0.9934
     """
     x, y = _pair(pred, target)
-    if len(x) < 2:
-        return math.nan
-    x, y = x - x.mean(), y - y.mean()
-    denominator = math.sqrt(float(x @ x) * float(y @ y))
-    return float(x @ y) / denominator if denominator > 0 else math.nan
+    return _statistic("pearsonr", x, y)
 
 
 def srcc(pred: ArrayLike, target: ArrayLike) -> float:
-    """Spearman rank correlation (Pearson of average ranks, so ties count as scipy counts them).
+    """Spearman rank correlation (`scipy.stats.spearmanr`: Pearson of the average ranks, so ties are averaged).
 
     Example:
         >>> srcc([3, 1, 2], [30, 10, 20])
         1.0
     """
     x, y = _pair(pred, target)
-    return plcc(rankdata(x), rankdata(y))
+    return _statistic("spearmanr", x, y)
 
 
-def krcc(pred: ArrayLike, target: ArrayLike, chunk: int = 1024) -> float:
-    """Kendall rank correlation, tau-b (ties handled as scipy's default). O(N^2) pairs, computed in row chunks.
+def krcc(pred: ArrayLike, target: ArrayLike) -> float:
+    """Kendall rank correlation, tau-b (`scipy.stats.kendalltau`, which corrects for ties in either input).
 
     Example:
-        >>> krcc([1, 2, 3, 4], [1, 3, 2, 4])
-        0.6666666666666666
+        >>> round(krcc([1, 2, 3, 4], [1, 3, 2, 4]), 4)
+        0.6667
     """
     x, y = _pair(pred, target)
-    n = len(x)
-    if n < 2:
-        return math.nan
-    score = ties_x = ties_y = 0.0
-    for start in range(0, n, chunk):
-        dx = np.sign(x[start : start + chunk, None] - x[None, :])
-        dy = np.sign(y[start : start + chunk, None] - y[None, :])
-        score += float((dx * dy).sum())
-        ties_x += float((dx == 0).sum())
-        ties_y += float((dy == 0).sum())
-    # Every unordered pair was counted twice and every item once against itself (a tie in both).
-    pairs = n * (n - 1) / 2.0
-    tied_x, tied_y = (ties_x - n) / 2.0, (ties_y - n) / 2.0
-    denominator = math.sqrt((pairs - tied_x) * (pairs - tied_y))
-    return (score / 2.0) / denominator if denominator > 0 else math.nan
+    return _statistic("kendalltau", x, y)
 
 
-def logistic_4(x: np.ndarray, b1: float, b2: float, b3: float, b4: float) -> np.ndarray:
-    """The standard 4-parameter logistic of IQA papers (VQEG): `(b1 - b2) / (1 + exp(-(x - b3) / |b4|)) + b2`."""
-    z = np.clip(-(x - b3) / max(abs(b4), 1e-12), -60.0, 60.0)
-    return (b1 - b2) / (1.0 + np.exp(z)) + b2
+def logistic_4(x: ArrayLike, b1: float, b2: float, b3: float, b4: float) -> np.ndarray:
+    """The standard 4-parameter logistic of IQA papers (VQEG): `(b1 - b2) / (1 + exp(-(x - b3) / |b4|)) + b2`.
+
+    `b2` is the value far below `b3`, `b1` the value far above it; evaluated without overflow for any `x`.
+
+    Example:
+        >>> logistic_4(np.array([-1e9, 0.5, 1e9]), 5.0, 1.0, 0.5, 0.1).tolist()
+        [1.0, 3.0, 5.0]
+    """
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.nan_to_num((x - b3) / abs(b4), nan=0.0)  # b4 == 0: a step, with 1/2 at x == b3
+    return (b1 - b2) * _sigmoid(t) + b2
 
 
 def fit_logistic(pred: ArrayLike, target: ArrayLike) -> tuple[float, float, float, float] | None:
-    """Fit `logistic_4` mapping predictions onto the ground truth; `None` when the fit does not converge.
+    """Least-squares fit of an increasing `logistic_4` mapping predictions onto the ground truth: `(b1, b2, b3, b4)`.
+
+    The IQA convention for a higher-is-better score: the curve is constrained to increase in the prediction
+    (`b1 >= b2`, `b4 > 0`), so a fit can never turn an inverted predictor into a good one. The fit is scale-free:
+    it runs on standardised predictions and targets (mean 0, std 1) and maps the parameters back, so scaling or
+    shifting either input only scales or shifts the parameters. In those standardised units `b4` lies within
+    [`LOGISTIC_MIN_SCALE`, `LOGISTIC_MAX_SCALE`] (at the top the curve is linear over the data) and `b3` within
+    `LOGISTIC_CENTRE_MARGIN` of the predictions' range. It is a global fit within those bounds: a grid over
+    (b3, b4), with the linear parameters b1, b2 solved exactly at each point, then bounded least squares
+    (`scipy.optimize.least_squares`) from the best point.
+
+    When no increasing curve does better than a constant (a decreasing relation), the fit is flat:
+    `b1 == b2 == mean(target)`, and `b3`, `b4` (the predictions' mean and std) carry no information.
+    `None` when there is nothing to fit: fewer than 5 items, or constant predictions or targets.
 
     Example:
         >>> x = np.linspace(0, 1, 50)
         >>> b = fit_logistic(x, logistic_4(x, 5.0, 1.0, 0.5, 0.1))
         >>> [round(v, 3) for v in b]
         [5.0, 1.0, 0.5, 0.1]
+        >>> b1, b2, _, _ = fit_logistic(x, 1.0 - x)  # decreasing: flat
+        >>> b1 == b2
+        True
     """
-    try:
-        from scipy.optimize import curve_fit
-    except ImportError as error:
-        raise ImportError("the logistic fit of PLCC needs scipy: pip install 'vq-reward[eval]'") from error
     x, y = _pair(pred, target)
-    start = [float(y.max()), float(y.min()), float(np.median(x)), float(x.std()) / 4.0 or 1.0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # covariance warnings are irrelevant: only the fitted curve is used
-        try:
-            params, _ = curve_fit(logistic_4, x, y, p0=start, maxfev=20000)
-        except RuntimeError:  # scipy's "optimal parameters not found"
-            return None
-    return tuple(float(p) for p in params)
+    fit = _fit(x, y)
+    return None if fit is None else fit[0]
 
 
 def plcc_logistic(pred: ArrayLike, target: ArrayLike) -> float:
-    """PLCC after mapping the predictions through the fitted 4-parameter logistic; `nan` if the fit fails.
+    """PLCC after mapping the predictions through the fitted increasing logistic (`fit_logistic`).
+
+    `nan` when the fit is undefined (fewer than 5 items, constant predictions or targets) and when it is flat:
+    no increasing curve explains any of the targets (e.g. an inverted predictor), and the PLCC of a constant is
+    undefined. Never below the raw PLCC when that is positive (a straight line is the curve's limit).
 
     Example:
         >>> x = np.linspace(0, 1, 20)
         >>> round(plcc_logistic(x, 1 / (1 + np.exp(-(x - 0.5) * 10))), 6)
         1.0
+        >>> plcc_logistic(x, -x)
+        nan
     """
     x, y = _pair(pred, target)
-    if len(x) < 5 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    fit = _fit(x, y)
+    if fit is None or fit[1] is None:
         return math.nan
-    params = fit_logistic(x, y)
-    return math.nan if params is None else plcc(logistic_4(x, *params), y)
+    return _statistic("pearsonr", fit[1], y)
 
 
 def correlations(pred: ArrayLike, target: ArrayLike) -> dict[str, float | int]:
@@ -158,3 +151,88 @@ def _pair(pred: ArrayLike, target: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise ValueError("predictions and targets must be finite; drop the items that have no score first.")
     return x, y
+
+
+def _scipy(module: str):
+    try:
+        return importlib.import_module(f"scipy.{module}")
+    except ImportError as error:
+        raise ImportError(f"the IQA metrics need scipy: {_EXTRA}") from error
+
+
+def _statistic(name: str, x: np.ndarray, y: np.ndarray) -> float:
+    """The correlation of `scipy.stats.<name>`, `nan` when undefined, scipy's warnings on degenerate data silenced."""
+    stats = _scipy("stats")
+    if len(x) < 2:
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # constant input: scipy returns nan
+        kwargs = {"variant": "b"} if name == "kendalltau" else {}
+        value = float(getattr(stats, name)(x, y, **kwargs).statistic)
+    return value if math.isfinite(value) else math.nan
+
+
+def _sigmoid(t: np.ndarray) -> np.ndarray:
+    e = np.exp(-np.abs(t))  # never overflows
+    return np.where(t >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def _standardise(values: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """`(values - mean) / std`, mean, std, computed without overflow at any scale; std 0 for a constant."""
+    mean = float(values.mean())
+    deviation = values - mean
+    peak = float(np.abs(deviation).max())
+    if peak == 0 or not math.isfinite(peak):
+        return deviation, mean, 0.0
+    std = peak * float((deviation / peak).std())
+    return deviation / std, mean, std
+
+
+def _fit(x: np.ndarray, y: np.ndarray):
+    """`((b1, b2, b3, b4), fitted values or None when flat)`, or `None` when there is nothing to fit."""
+    optimize, expit = _scipy("optimize"), _scipy("special").expit
+    if len(x) < 5:
+        return None
+    u, x_mean, x_std = _standardise(x)
+    v, y_mean, y_std = _standardise(y)
+    if x_std == 0 or y_std == 0:
+        return None
+    lower, upper = float(u.min()) - LOGISTIC_CENTRE_MARGIN, float(u.max()) + LOGISTIC_CENTRE_MARGIN
+
+    # Grid over (centre, scale); for each, the best amplitude >= 0 and offset have a closed form, and the
+    # residual sum of squares is N * (1 - r^2) where r = corr(sigmoid, v) > 0 (v has mean 0 and variance 1).
+    centres = np.unique(np.r_[np.linspace(lower, upper, int(math.ceil((upper - lower) / 0.25)) + 1),
+                              np.quantile(u, np.linspace(0.0, 1.0, 17))])  # fmt: skip
+    best_r, start = 0.0, None
+    for scale in np.geomspace(LOGISTIC_MIN_SCALE, LOGISTIC_MAX_SCALE, 17):
+        g = expit((u[None, :] - centres[:, None]) / scale)
+        g_mean = g.mean(axis=1)
+        g -= g_mean[:, None]
+        norm = np.sqrt(np.einsum("ij,ij->i", g, g))
+        r = np.where(norm > 0, g @ v, -np.inf) / np.where(norm > 0, norm, 1.0) / math.sqrt(len(v))
+        i = int(np.argmax(r))
+        if r[i] > best_r:
+            amplitude = float(g[i] @ v) / norm[i] ** 2
+            best_r, start = r[i], [-amplitude * g_mean[i], amplitude, centres[i], scale]
+    if start is None:  # no increasing curve beats the constant mean: flat
+        return (y_mean, y_mean, x_mean, x_std), None
+
+    def residuals(p):
+        return p[0] + p[1] * expit((u - p[2]) / p[3]) - v
+
+    def jacobian(p):
+        s = expit((u - p[2]) / p[3])
+        slope = p[1] * s * (1.0 - s) / p[3]
+        return np.column_stack([np.ones_like(u), s, -slope, -slope * (u - p[2]) / p[3]])
+
+    start = np.clip(start, [-np.inf, 0.0, lower, LOGISTIC_MIN_SCALE], [np.inf, np.inf, upper, LOGISTIC_MAX_SCALE])
+    result = optimize.least_squares(
+        residuals, start, jac=jacobian, method="trf", x_scale="jac", ftol=1e-13, xtol=1e-13, gtol=1e-13,
+        max_nfev=1000,
+        bounds=([-np.inf, 0.0, lower, LOGISTIC_MIN_SCALE], [np.inf, np.inf, upper, LOGISTIC_MAX_SCALE]),
+    )  # fmt: skip
+    p = result.x if np.sum(residuals(result.x) ** 2) <= np.sum(residuals(start) ** 2) else start
+    fitted = p[0] + p[1] * expit((u - p[2]) / p[3])
+    b2 = y_mean + y_std * float(p[0])
+    b1 = y_mean + y_std * float(p[0] + p[1])
+    return (b1, b2, x_mean + x_std * float(p[2]), x_std * float(p[3])), y_mean + y_std * fitted

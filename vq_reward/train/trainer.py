@@ -21,6 +21,7 @@ from torch.utils.data import Sampler
 from transformers import TrainerCallback
 
 from vq_reward.train import require_trl
+from vq_reward.train.checkpoints import load_checkpoint_weights
 from vq_reward.train.closed_set import ClosedSetSampler
 from vq_reward.data.rows import SCORE_TASK
 from vq_reward.train.sampler import DatasetHomogeneousSampler, images_per_device
@@ -132,6 +133,14 @@ class RankGRPOTrainer(GRPOTrainer):
         if sampler.unused_datasets:
             print(f"Datasets smaller than one device batch, never sampled: {sampler.unused_datasets}")
         return sampler
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        # Full weights are loaded strictly through the save-time key mapping (see `checkpoints`); adapters (PEFT),
+        # DeepSpeed and FSDP checkpoints keep their own loaders, which use the model's keys.
+        model = self.model if model is None else model
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled or hasattr(model, "peft_config"):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        load_checkpoint_weights(self.accelerator.unwrap_model(model), resume_from_checkpoint)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         processor = self.processing_class
