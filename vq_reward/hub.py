@@ -3,14 +3,19 @@
 "tiny" is the random smoke checkpoint (`vq_reward.smoke`), built on first use into the cache folder
 (`$VQ_REWARD_CACHE`, else `~/.cache/vq_reward`) and reused after; its scores mean nothing. Every name the CLI
 accepts works the same in Python (`VisualQualityScorer.from_pretrained("tiny")`).
+
+A hub id is used from the local Hugging Face cache when the hub cannot be reached (or `HF_HUB_OFFLINE=1`), and
+fails within seconds, with one line saying how to download it, when it is not cached; the hub client's own retries
+would take minutes.
 """
 
 import os
+import re
 import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
-
-from vq_reward.smoke import build_tiny_checkpoint
+from urllib.parse import urlparse
 
 
 # Bumped whenever a builder changes what it writes, so an old cached copy is never mistaken for the new one.
@@ -24,18 +29,26 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 def tiny_checkpoint(cache_dir: str | os.PathLike | None = None) -> Path:
     """The tiny random checkpoint in the cache folder, built on first use."""
+    from vq_reward.smoke import build_tiny_checkpoint  # transformers is imported only to build it
+
     return _cached(cache_root(cache_dir) / f"tiny-qwen2.5-vl-v{SMOKE_VERSION}", build_tiny_checkpoint)
 
 
 SMOKE_MODELS: dict[str, Callable[[], Path]] = {"tiny": tiny_checkpoint}
 
 
-def resolve_model(name: str | os.PathLike) -> str:
-    """A smoke name becomes its cached folder, a local folder its absolute path; anything else is a hub id, as is.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def resolve_model(name: str | os.PathLike, revision: str | None = None) -> str:
+    """What to load: a smoke name's cached folder, a local folder's absolute path, or a hub id.
+
+    A hub id stays an id when the hub answers; without the hub it becomes its folder in the local cache, or an
+    `OSError` that says how to get it.
 
     Example:
-        >>> resolve_model("TianheWu/VisualQuality-R1-7B")
-        'TianheWu/VisualQuality-R1-7B'
+        >>> resolve_model("tiny") == str(tiny_checkpoint())
+        True
     """
     text = os.fspath(name)
     if text in SMOKE_MODELS:
@@ -43,7 +56,43 @@ def resolve_model(name: str | os.PathLike) -> str:
     path = Path(text).expanduser()
     if path.is_dir():
         return str(path.resolve())
+    if not _HUB_ID.match(text) or path.is_absolute() or text.startswith((".", "~")):
+        raise FileNotFoundError(
+            f"{text}: no such checkpoint folder. Pass a folder holding config.json and the weights, a hub id such as "
+            f"TianheWu/VisualQuality-R1-7B, or a smoke model name ({', '.join(sorted(SMOKE_MODELS))})."
+        )
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or not hub_reachable():
+        return _cached_snapshot(text, revision)
     return text
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub's host answers a TCP connection within `timeout` seconds.
+
+    Behind an HTTP(S) proxy the answer is taken to be yes: only the proxy knows, and the hub client uses it.
+    """
+    if any(os.environ.get(key) for key in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")):
+        return True
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _cached_snapshot(repo_id: str, revision: str | None) -> str:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(repo_id, revision=revision, local_files_only=True)
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError) as error:
+        raise OSError(
+            f"{repo_id}: the Hugging Face hub cannot be reached from here and the checkpoint is not in the local cache. "
+            f"Download it once where there is network (huggingface-cli download {repo_id}, or huggingface_hub."
+            "snapshot_download), then pass its local folder, or copy the cache here and set HF_HUB_OFFLINE=1."
+        ) from error
 
 
 def canonical_name(name: str | os.PathLike) -> str:

@@ -209,7 +209,7 @@ class VisualQualityScorer:
                 "attn_implementation='flash_attention_2' needs flash-attn: pip install 'vq-reward[flash]' on a CUDA "
                 "machine, or use attn_implementation='sdpa'."
             )
-        path = resolve_model(model_id_or_path)
+        path = resolve_model(model_id_or_path, revision)
         device = torch.device(device)
         budget = {key: value for key, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if value is not None}
         processor = load_processor(path, revision=revision, **budget)

@@ -17,9 +17,16 @@ from importlib.metadata import PackageNotFoundError, version
 from vq_reward.cli import data, evaluate, score
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: what is wrong, and where the options are listed."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: every subcommand with its options and their help."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="vq-reward",
         description="VisualQuality-R1 image-quality scoring, training data and evaluation.",
         epilog="Run `vq-reward COMMAND --help` for a command's options. Retraining: python -m vq_reward.train.grpo.",

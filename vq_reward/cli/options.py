@@ -48,6 +48,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_scorer(args: argparse.Namespace, batch_size: int = 8):
     """The scorer the model arguments ask for, with a clear error for a device this machine does not have."""
+    from vq_reward.hub import resolve_model
+
+    model = resolve_model(args.model)  # a wrong name or an unreachable hub fails here, before torch loads
     quiet_loading()
     import torch
 
@@ -64,7 +67,7 @@ def load_scorer(args: argparse.Namespace, batch_size: int = 8):
               "quality model.", file=sys.stderr)  # fmt: skip
     kwargs = {} if args.readout is None else {"readout": args.readout}
     return VisualQualityScorer.from_pretrained(
-        args.model,
+        model,
         device=device,
         dtype=None if args.dtype == "auto" else getattr(torch, args.dtype),
         min_pixels=args.min_pixels,

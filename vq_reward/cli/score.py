@@ -2,9 +2,9 @@
 
 import argparse
 import sys
-from pathlib import Path
 
 from vq_reward.cli.options import add_model_arguments, load_scorer, positive_int
+
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -28,25 +28,38 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from vq_reward.data.results import already_done, find_images, score_files
+    from vq_reward.data.files import IMAGE_EXTENSIONS, find_images
+    from vq_reward.hub import canonical_name, resolve_model
 
     paths = find_images(args.paths)
     if not paths:
-        print(f"No image files found in {args.paths}.", file=sys.stderr)
-        return 2
-    already_done(Path(args.output), args.model, args.retry_errors)  # refuse a mismatched file before loading
+        print(f"vq-reward score: error: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {args.paths}.",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    resolve_model(args.model)  # a wrong name fails before anything heavy is imported
+
+    from vq_reward.data.results import ResultsFile, score_files
+
+    with ResultsFile(args.output):  # refuse a file that is not ours, or busy, before loading the model
+        pass
     scorer = load_scorer(args, args.batch_size)
     summary = score_files(
         scorer,
         paths,
         args.output,
-        model_name=args.model,
+        model_name=canonical_name(args.model),
         thinking=args.thinking,
         retry_errors=args.retry_errors,
         generate_kwargs={"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else None,
     )
-    print(f"{summary.scored} scored, {summary.errors} errors, {summary.skipped} skipped (already in {args.output})")
-    return 0
+    print(f"{summary.scored} scored, {summary.errors} errors, {summary.skipped} skipped (already in {args.output})",
+          file=sys.stderr)  # fmt: skip
+    for reason in summary.first_errors:
+        print(f"  error: {reason}", file=sys.stderr)
+    if summary.errors > len(summary.first_errors):
+        print(f"  ... and {summary.errors - len(summary.first_errors)} more; every reason is in {args.output}",
+              file=sys.stderr)  # fmt: skip
+    return 1 if summary.errors and not summary.scored and not summary.skipped else 0
 
 
 def run_make_tiny(args: argparse.Namespace) -> int:

@@ -1,42 +1,176 @@
-"""Score image files into a JSONL file that a rerun resumes: nothing scored is lost, nothing is written twice.
+"""Score image files into a JSONL results file that a rerun resumes: nothing scored is lost, nothing is written
+twice, nothing is mixed.
 
-Each image gets one line: its score (and digit mass and probabilities), or its reasoning in thinking mode, or an
-error. Lines are appended a chunk at a time and synced to disk; a run killed mid-write leaves at most a torn last
-line, which the next run drops before appending. A rerun skips every path already in the file, error lines too
-unless `retry_errors` (a fixed file is then tried again and its new line supersedes the error).
+The file's first line is a header that names what produced it (the model, a fingerprint of its weights, the pixel
+budget, the prompt, the readout, the mode); every later line is one image: its score (standard deviation, digit
+probabilities and mass), its reasoning in thinking mode, or an error. A run appends a chunk of lines at a time and
+syncs them to disk; a run killed mid-write leaves at most a torn last line, which the next run drops.
+
+A results file is refused, untouched, when:
+- it is not one (its first line is not a vq_reward header): a notes file or a model's weights are never overwritten;
+- it was produced by another run (other weights at the same path, another pixel budget, prompt, readout or mode);
+- another run is writing it right now (an exclusive lock held while a run appends).
+
+Paths are compared resolved, so `a.png` and `/abs/a.png` are one image; every name the filesystem can hold is kept
+exactly (JSON escapes what is not UTF-8, and `os.fsencode(line["path"])` gives back the bytes).
 """
 
+import fcntl
+import hashlib
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
+from vq_reward.data.files import IMAGE_EXTENSIONS, find_images  # noqa: F401 - re-exported
 from vq_reward.images import ImageInputError
 from vq_reward.scorer import VisualQualityScorer
 
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+HEADER_KEY = "vq_reward_results"
+FORMAT_VERSION = 1
+
+
+class ResultsFileError(ValueError):
+    """A results file that this run may not write to. The message names the file and the fix."""
 
 
 @dataclass(frozen=True)
 class RunSummary:
+    """What a run did: images scored, images that failed (with the first reasons), images already in the file."""
+
     scored: int
     errors: int
     skipped: int
+    first_errors: list[str] = field(default_factory=list)
 
 
-def find_images(paths: Iterable[str | os.PathLike]) -> list[str]:
-    """Files as given, and the image files under each directory (recursively, sorted)."""
-    found: list[str] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found.extend(sorted(str(p) for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS))
-        else:
-            found.append(str(path))  # missing files get an error line, like unreadable ones
-    return list(dict.fromkeys(found))
+def run_identity(scorer: VisualQualityScorer, model_name: str, thinking: bool, generate_kwargs: dict | None) -> dict:
+    """What a results file records about the run that produced it; a rerun must match it to append."""
+    return {
+        "model": model_name,
+        "weights": weights_fingerprint(scorer.model),
+        "min_pixels": scorer.min_pixels,
+        "max_pixels": scorer.max_pixels,
+        "prompt": _digest(scorer.prompt(thinking) + ("" if thinking else scorer.answer_prefix)),
+        "mode": "thinking" if thinking else "score",
+        "readout": None if thinking else scorer.readout,
+        "exif_transpose": scorer.exif_transpose,
+        "generate": dict(sorted((generate_kwargs or {}).items())) if thinking else None,
+    }
+
+
+def weights_fingerprint(model: torch.nn.Module, samples: int = 4096) -> str:
+    """A short hash of the loaded weights: every tensor's name, shape, dtype and a strided sample of its values."""
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            step = max(1, flat.numel() // samples)
+            digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+            digest.update(flat[::step].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class ResultsFile:
+    """One run's hold on a results file: locked, checked and repaired on `open`, appended to by `append`.
+
+    Example:
+        >>> with ResultsFile(tmp_path / "r.jsonl") as results:
+        ...     results.start({"model": "tiny"})
+        ...     results.append([{"path": "/a.png", "score": 3.5}])
+        >>> with ResultsFile(tmp_path / "r.jsonl") as results:
+        ...     results.start({"model": "tiny"})
+        ...     sorted(results.done())
+        ['/a.png']
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._file = None
+        self._header: dict | None = None
+        self._lines: list[dict] = []
+
+    def __enter__(self) -> "ResultsFile":
+        if not self.path.parent.is_dir():
+            raise ResultsFileError(f"{self.path}: the folder {self.path.parent} does not exist; create it first.")
+        self._file = open(self.path, "a+b")  # noqa: SIM115 - held open for the lock and the appends
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            raise ResultsFileError(
+                f"{self.path} is being written by another vq-reward run; wait for it to finish, or pass another --output."
+            ) from None
+        self._read()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+        self._file.close()
+
+    def start(self, identity: dict[str, Any]) -> None:
+        """Check that the file belongs to this run (`identity`), or write the header of a new file."""
+        if self._header is None:
+            self._write([{HEADER_KEY: FORMAT_VERSION, "run": identity}])
+            self._header = {"run": identity}
+            return
+        recorded = self._header["run"]
+        differences = [key for key in sorted(set(recorded) | set(identity)) if recorded.get(key) != identity.get(key)]
+        if differences:
+            details = "; ".join(f"{key}: {recorded.get(key)!r} in the file, {identity.get(key)!r} now" for key in differences)
+            raise ResultsFileError(
+                f"{self.path} holds results of another run ({details}); pass a new --output, or the same --model and "
+                "settings to resume."
+            )
+
+    def done(self, retry_errors: bool = False) -> set[str]:
+        """Paths the file already answers for (error lines too, unless `retry_errors`)."""
+        answered: set[str] = set()
+        for line in self._lines:
+            if "error" in line and retry_errors:
+                answered.discard(line["path"])
+            else:
+                answered.add(line["path"])
+        return answered
+
+    def append(self, lines: list[dict]) -> None:
+        """Append result lines and sync them to disk."""
+        self._write(lines)
+        self._lines.extend(lines)
+
+    def _write(self, lines: list[dict]) -> None:
+        # ensure_ascii: a file name that is not UTF-8 (a lone surrogate in Python) is escaped, never an error.
+        self._file.write("".join(json.dumps(line) + "\n" for line in lines).encode("ascii"))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def _read(self) -> None:
+        self._file.seek(0)
+        raw = self._file.read()
+        if not raw:
+            return
+        first = raw.split(b"\n", 1)[0]
+        if not _is_header(first):
+            raise ResultsFileError(
+                f"{self.path} is not a vq_reward results file (its first line is not a results header), so it is left "
+                "untouched; pass a new --output."
+            )
+        complete = raw[: raw.rfind(b"\n") + 1]
+        if len(complete) != len(raw):  # a torn last line from a killed run: drop it
+            self._file.truncate(len(complete))
+        lines = complete.decode("utf-8").splitlines()
+        self._header = json.loads(lines[0])
+        for number, text in enumerate(lines[1:], start=2):
+            try:
+                self._lines.append(json.loads(text))
+            except json.JSONDecodeError as error:
+                raise ResultsFileError(f"{self.path}:{number} is not valid JSON ({error}); fix or delete that line.") from None
 
 
 def score_files(
@@ -51,33 +185,32 @@ def score_files(
     progress: bool = True,
     generate_kwargs: dict | None = None,
 ) -> RunSummary:
-    """Score `paths` into the JSONL file `output`, resuming what an earlier run with the same model began."""
-    output = Path(output)
-    done = already_done(output, model_name, retry_errors)
-    todo = [path for path in paths if path not in done]
-    chunk = 4 * (batch_size or scorer.batch_size)  # lines reach the disk at least this often
-    scored = errors = 0
-    with open(output, "a", encoding="utf-8") as sink, tqdm(total=len(todo), disable=not progress, unit="img") as bar:
-        for start in range(0, len(todo), chunk):
-            lines = _score_chunk(
-                scorer, todo[start : start + chunk], model_name, thinking, batch_size, generate_kwargs
-            )
-            sink.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
-            sink.flush()
-            os.fsync(sink.fileno())
-            errors += sum("error" in line for line in lines)
-            scored += sum("error" not in line for line in lines)
-            bar.update(len(lines))
-    return RunSummary(scored=scored, errors=errors, skipped=len(paths) - len(todo))
+    """Score `paths` into the results file `output`, resuming what an earlier run of the same settings began.
+
+    Returns the summary; failures are result lines (`{"path", "error"}`), not exceptions.
+    """
+    paths = [os.path.realpath(path) for path in paths]
+    with ResultsFile(output) as results:
+        results.start(run_identity(scorer, model_name, thinking, generate_kwargs))
+        done = results.done(retry_errors)
+        todo = [path for path in dict.fromkeys(paths) if path not in done]
+        chunk = 4 * (batch_size or scorer.batch_size)  # lines reach the disk at least this often
+        scored = errors = 0
+        first_errors: list[str] = []
+        with tqdm(total=len(todo), disable=not progress, unit="img") as bar:
+            for start in range(0, len(todo), chunk):
+                lines = _score_chunk(scorer, todo[start : start + chunk], thinking, batch_size, generate_kwargs)
+                results.append(lines)
+                failed = [line for line in lines if "error" in line]
+                first_errors.extend(line["error"] for line in failed[: 5 - len(first_errors)])
+                errors += len(failed)
+                scored += len(lines) - len(failed)
+                bar.update(len(lines))
+    return RunSummary(scored=scored, errors=errors, skipped=len(paths) - len(todo), first_errors=first_errors)
 
 
 def _score_chunk(
-    scorer: VisualQualityScorer,
-    paths: list[str],
-    model_name: str,
-    thinking: bool,
-    batch_size: int | None,
-    generate_kwargs: dict | None,
+    scorer: VisualQualityScorer, paths: list[str], thinking: bool, batch_size: int | None, generate_kwargs: dict | None
 ) -> list[dict]:
     lines: dict[str, dict] = {}
     images, readable = [], []
@@ -86,43 +219,28 @@ def _score_chunk(
             images.extend(scorer.prepare(path))
             readable.append(path)
         except ImageInputError as error:
-            lines[path] = {"path": path, "model": model_name, "error": str(error)}
+            lines[path] = {"path": path, "error": str(error)}
     if readable and thinking:
         ratings = scorer.generate(images, thinking=True, batch_size=batch_size, **(generate_kwargs or {}))
         for path, rating in zip(readable, ratings, strict=True):
-            lines[path] = {"path": path, "model": model_name, "score": rating.score, "raw_score": rating.raw_score,
+            lines[path] = {"path": path, "score": rating.score, "raw_score": rating.raw_score,
                            "reasoning": rating.reasoning, "text": rating.text}  # fmt: skip
     elif readable:
         details = scorer.score_details(images, batch_size=batch_size)
         for i, path in enumerate(readable):
-            lines[path] = {"path": path, "model": model_name, "score": round(details.scores[i].item(), 6),
-                           "digit_mass": round(details.digit_mass[i].item(), 6),
-                           "probs": [round(p, 6) for p in details.probs[i].tolist()]}  # fmt: skip
+            # Every digit of the float32 value: a rerun that gets the same bits writes the same line.
+            lines[path] = {"path": path, "score": details.scores[i].item(), "std": details.std[i].item(),
+                           "digit_mass": details.digit_mass[i].item(), "probs": details.probs[i].tolist()}  # fmt: skip
     return [lines[path] for path in paths]
 
 
-def already_done(output: Path, model_name: str, retry_errors: bool) -> set[str]:
-    """Paths the file already answers for; drops a torn last line left by a killed run."""
-    if not output.exists():
-        return set()
-    raw = output.read_bytes()
-    complete = raw[: raw.rfind(b"\n") + 1]
-    if len(complete) != len(raw):
-        with open(output, "r+b") as file:
-            file.truncate(len(complete))
-    done: set[str] = set()
-    for number, text in enumerate(complete.decode("utf-8").splitlines(), start=1):
-        try:
-            line = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{output}:{number} is not valid JSON ({error}); fix or delete that line.") from error
-        if line.get("model") != model_name:
-            raise ValueError(
-                f"{output} holds results of model {line.get('model')!r}, not {model_name!r}; pass a new --output "
-                "or the same --model to resume."
-            )
-        if "error" in line and retry_errors:
-            done.discard(line["path"])
-        else:
-            done.add(line["path"])
-    return done
+def _is_header(line: bytes) -> bool:
+    try:
+        header = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(header, dict) and header.get(HEADER_KEY) == FORMAT_VERSION and isinstance(header.get("run"), dict)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]

@@ -189,7 +189,13 @@ def _standardise(values: np.ndarray) -> tuple[np.ndarray, float, float]:
 
 
 def _fit(x: np.ndarray, y: np.ndarray):
-    """`((b1, b2, b3, b4), fitted values or None when flat)`, or `None` when there is nothing to fit."""
+    """`((b1, b2, b3, b4), fitted values or None when flat)`, or `None` when there is nothing to fit.
+
+    Variable projection in standardised units (u, v: mean 0, std 1): for a centre c and scale s the best offset
+    and amplitude a >= 0 of `offset + a * sigmoid((u - c) / s)` are linear least squares, and the residual sum of
+    squares is N * (1 - r^2), r = corr(sigmoid((u - c) / s), v), when r > 0 (else a = 0: flat). So the fit is
+    the maximum of r over the (c, log s) box: a grid, then L-BFGS-B with the analytic gradient from its best.
+    """
     optimize, expit = _scipy("optimize"), _scipy("special").expit
     if len(x) < 5:
         return None
@@ -198,41 +204,54 @@ def _fit(x: np.ndarray, y: np.ndarray):
     if x_std == 0 or y_std == 0:
         return None
     lower, upper = float(u.min()) - LOGISTIC_CENTRE_MARGIN, float(u.max()) + LOGISTIC_CENTRE_MARGIN
+    log_scales = (math.log(LOGISTIC_MIN_SCALE), math.log(LOGISTIC_MAX_SCALE))
+    v_norm = math.sqrt(float(v @ v))
 
-    # Grid over (centre, scale); for each, the best amplitude >= 0 and offset have a closed form, and the
-    # residual sum of squares is N * (1 - r^2) where r = corr(sigmoid, v) > 0 (v has mean 0 and variance 1).
-    centres = np.unique(np.r_[np.linspace(lower, upper, int(math.ceil((upper - lower) / 0.25)) + 1),
-                              np.quantile(u, np.linspace(0.0, 1.0, 17))])  # fmt: skip
-    best_r, start = 0.0, None
-    for scale in np.geomspace(LOGISTIC_MIN_SCALE, LOGISTIC_MAX_SCALE, 17):
+    # Grid over (log s, c), the centres spaced s / 2 (r varies in c on the scale of s): it only has to put a start
+    # in the basin of the global maximum, so the best few local maxima along c are each polished.
+    candidates = []
+    for log_scale in np.linspace(*log_scales, 9):
+        scale = math.exp(log_scale)
+        centres = np.linspace(lower, upper, int(math.ceil(2.0 * (upper - lower) / scale)) + 1)
         g = expit((u[None, :] - centres[:, None]) / scale)
-        g_mean = g.mean(axis=1)
-        g -= g_mean[:, None]
+        g -= g.mean(axis=1, keepdims=True)
         norm = np.sqrt(np.einsum("ij,ij->i", g, g))
-        r = np.where(norm > 0, g @ v, -np.inf) / np.where(norm > 0, norm, 1.0) / math.sqrt(len(v))
-        i = int(np.argmax(r))
-        if r[i] > best_r:
-            amplitude = float(g[i] @ v) / norm[i] ** 2
-            best_r, start = r[i], [-amplitude * g_mean[i], amplitude, centres[i], scale]
-    if start is None:  # no increasing curve beats the constant mean: flat
+        r = np.where(norm > 0, g @ v, -np.inf) / np.where(norm > 0, norm, 1.0) / v_norm
+        padded = np.r_[-np.inf, r, -np.inf]
+        for j in np.flatnonzero((r >= padded[:-2]) & (r >= padded[2:]) & (r > 0)):
+            candidates.append((float(r[j]), float(centres[j]), float(log_scale)))
+    if not candidates:  # no increasing curve beats the constant mean: flat
         return (y_mean, y_mean, x_mean, x_std), None
 
-    def residuals(p):
-        return p[0] + p[1] * expit((u - p[2]) / p[3]) - v
+    def negative_r(p):  # -r and its gradient in (c, log s)
+        scale = math.exp(p[1])
+        g = expit((u - p[0]) / scale)
+        dg_dc = -g * (1.0 - g) / scale
+        g = g - g.mean()
+        g_norm2 = float(g @ g)
+        if g_norm2 <= 0:
+            return 0.0, np.zeros(2)
+        g_norm, gv = math.sqrt(g_norm2), float(g @ v)
+        gradient = []
+        for dg in (dg_dc, dg_dc * (u - p[0])):
+            gradient.append(-(float(dg @ v) - gv * float(g @ dg) / g_norm2) / (g_norm * v_norm))
+        return -gv / (g_norm * v_norm), np.array(gradient)
 
-    def jacobian(p):
-        s = expit((u - p[2]) / p[3])
-        slope = p[1] * s * (1.0 - s) / p[3]
-        return np.column_stack([np.ones_like(u), s, -slope, -slope * (u - p[2]) / p[3]])
-
-    start = np.clip(start, [-np.inf, 0.0, lower, LOGISTIC_MIN_SCALE], [np.inf, np.inf, upper, LOGISTIC_MAX_SCALE])
-    result = optimize.least_squares(
-        residuals, start, jac=jacobian, method="trf", x_scale="jac", ftol=1e-13, xtol=1e-13, gtol=1e-13,
-        max_nfev=1000,
-        bounds=([-np.inf, 0.0, lower, LOGISTIC_MIN_SCALE], [np.inf, np.inf, upper, LOGISTIC_MAX_SCALE]),
-    )  # fmt: skip
-    p = result.x if np.sum(residuals(result.x) ** 2) <= np.sum(residuals(start) ** 2) else start
-    fitted = p[0] + p[1] * expit((u - p[2]) / p[3])
-    b2 = y_mean + y_std * float(p[0])
-    b1 = y_mean + y_std * float(p[0] + p[1])
-    return (b1, b2, x_mean + x_std * float(p[2]), x_std * float(p[3])), y_mean + y_std * fitted
+    best_r, best = -math.inf, None
+    for r, centre, log_scale in sorted(candidates, reverse=True)[:5]:
+        result = optimize.minimize(
+            negative_r, (centre, log_scale), jac=True, method="L-BFGS-B", bounds=[(lower, upper), log_scales],
+            options={"ftol": 1e-13, "gtol": 1e-10, "maxiter": 200},
+        )  # fmt: skip
+        for value, point in ((-float(result.fun), result.x), (r, (centre, log_scale))):
+            if value > best_r:
+                best_r, best = value, point
+    centre, log_scale = float(best[0]), float(best[1])
+    scale = math.exp(log_scale)
+    g = expit((u - centre) / scale)
+    g_mean = float(g.mean())
+    amplitude = float((g - g_mean) @ v) / float((g - g_mean) @ (g - g_mean))
+    offset = -amplitude * g_mean
+    fitted = y_mean + y_std * (offset + amplitude * g)
+    b2, b1 = y_mean + y_std * offset, y_mean + y_std * (offset + amplitude)
+    return (b1, b2, x_mean + x_std * centre, x_std * scale), fitted
