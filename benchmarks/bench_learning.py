@@ -9,57 +9,40 @@ label before and after (overall, and per distortion kind ranked together with th
 (curve.png) and the figures (summary.json).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_learning.py --minutes 20 --output runs/bench_learning
+    OMP_NUM_THREADS=1 python benchmarks/bench_learning.py --max-steps 800 --output runs/bench_learning_cosine
+    python benchmarks/bench_learning.py --quick --output /tmp/bench_learning   # 2 steps on a few crops (tests)
 
-Measured figures: benchmarks/README.md (and results_learning/). Why blur, noise and JPEG stay near 0 here: the
-information is in the tiny model's vision features (a ridge regression on the frozen random features ranks noise,
-blur and darkening well), but its 2-layer language model does not carry it to the answer position.
+The images are written by `vq_reward.data.distortions.make_distorted_set` from the crops (saved as clean PNGs
+first), so they are exactly what `vq-reward distort` makes. Measured runs and why blur, noise and JPEG stay near 0
+on the tiny model: benchmarks/README.md (curves and figures in results/learning/).
 """
 
 import argparse
 import copy
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from transformers import TrainerCallback
 
+from common import CROP, HELD_OUT_PHOTOS, REPO, distorted_crops, make_crops, sample_photos
 from vq_reward import VisualQualityScorer
-from vq_reward.data.distortions import DISTORTIONS, distort, quality_label
+from vq_reward.data.distortions import DISTORTIONS
+from vq_reward.data.rows import write_jsonl
 from vq_reward.eval.metrics import srcc
 from vq_reward.hub import tiny_checkpoint
-from vq_reward.data.rows import write_jsonl
 from vq_reward.train.grpo import main as train
 
 
-REPO = Path(__file__).resolve().parents[1]
-HELD_OUT_PHOTOS = ("coffee", "rocket")
-CROP = 112
-
-
-def make_crops(photo: Image.Image, half: str, count: int, rng: np.random.Generator) -> list[Image.Image]:
-    """`count` random CROPxCROP crops lying entirely in the left or right half of the photo (or anywhere: "all")."""
-    low, high = {"left": (0, photo.width // 2 - CROP), "right": (photo.width // 2, photo.width - CROP)}.get(
-        half, (0, photo.width - CROP)
-    )
-    crops = []
-    for _ in range(count):
-        left, top = int(rng.integers(low, high + 1)), int(rng.integers(0, photo.height - CROP + 1))
-        crops.append(photo.crop((left, top, left + CROP, top + CROP)))
-    return crops
-
-
-def write_set(crops: list[tuple[str, Image.Image]], folder: Path, kinds: tuple[str, ...]) -> list[dict]:
-    """Every crop clean and under every kind x severity 1..5, as JSONL rows with the quality label as MOS."""
-    folder.mkdir(parents=True, exist_ok=True)
+def score_rows(crops, folder: Path, kinds: tuple[str, ...]) -> list[dict]:
+    """Every crop clean and under every kind x severity 1..5, as "score" JSONL rows with the quality label as MOS."""
     rows = []
-    for name, crop in crops:
-        for kind, level in [("clean", 0)] + [(k, s) for k in kinds for s in range(1, 6)]:
-            path = folder / f"{name}__{kind}{level}.png"
-            (crop if level == 0 else distort(crop, kind, level)).save(path)
-            rows.append({"id": len(rows), "image": str(path), "dataset_name": "synthetic", "task": "score",
-                         "mos": quality_label(level), "reference": name, "kind": kind})  # fmt: skip
+    for image in distorted_crops(crops, folder, kinds):
+        rows.append({"id": len(rows), "image": str(folder / image.image), "dataset_name": "synthetic", "task": "score",
+                     "mos": image.mos, "reference": image.reference,
+                     "kind": "clean" if image.level == 0 else image.distortion_class})  # fmt: skip
     return rows
 
 
@@ -96,7 +79,7 @@ class CurveCallback(TrainerCallback):
             print(f"[curve] step {point['step']} {point['minutes']:.1f} min: held-out SRCC {point['all']:.3f}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=20.0, help="training wall-time budget")
     parser.add_argument("--output", default="runs/bench_learning")
@@ -105,28 +88,33 @@ def main() -> None:
     parser.add_argument("--curve-every", type=float, default=60.0, help="seconds between held-out evaluations")
     parser.add_argument("--max-steps", type=int, default=0, help="0: constant lr until --minutes (the recipe); N: "
                         "cosine decay to 0 over N steps (about 800 fit in 20 min on 2 cores)")  # fmt: skip
+    parser.add_argument("--held-out-crops", type=int, nargs=2, default=[4, 3], metavar=("UNSEEN", "RIGHT"),
+                        help="crops per held-out photo, and right-half crops per training photo")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="1 crop per photo, darken and blur, 2 steps (tests)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.train_crops, args.held_out_crops, args.kinds = 1, [1, 1], ["darken", "blur"]
+        args.max_steps, args.curve_every = 2, 0.0
     out = Path(args.output).resolve()  # rows hold absolute paths (relative ones resolve against the JSONL)
     wall_start = time.monotonic()
 
     # Data: left halves of six photos for training; right halves and two unseen photos held out.
     rng = np.random.default_rng(args.seed)
     train_crops, held_crops = [], []
-    for path in sorted((REPO / "examples" / "images").glob("*.jpg")):
-        photo = Image.open(path).convert("RGB")
-        if path.stem in HELD_OUT_PHOTOS:
-            held_crops += [(f"{path.stem}{i}", c) for i, c in enumerate(make_crops(photo, "all", 4, rng))]
+    unseen, right = args.held_out_crops
+    for stem, photo in sample_photos():
+        if stem in HELD_OUT_PHOTOS:
+            held_crops += [(f"{stem}{i}", c) for i, c in enumerate(make_crops(photo, "all", unseen, rng))]
         else:
-            train_crops += [
-                (f"{path.stem}{i}", c) for i, c in enumerate(make_crops(photo, "left", args.train_crops, rng))
-            ]
-            held_crops += [(f"{path.stem}R{i}", c) for i, c in enumerate(make_crops(photo, "right", 3, rng))]
+            train_crops += [(f"{stem}{i}", c) for i, c in enumerate(make_crops(photo, "left", args.train_crops, rng))]
+            held_crops += [(f"{stem}R{i}", c) for i, c in enumerate(make_crops(photo, "right", right, rng))]
     kinds = tuple(args.kinds)
-    train_rows = write_set(train_crops, out / "data" / "train", kinds)
-    held_rows = write_set(held_crops, out / "data" / "held_out", kinds)
+    train_rows = score_rows(train_crops, out / "data" / "train", kinds)
+    held_rows = score_rows(held_crops, out / "data" / "held_out", kinds)
     write_jsonl(train_rows, out / "data" / "train.jsonl")
-    print(f"{len(train_rows)} training images, {len(held_rows)} held-out images ({', '.join(kinds)})")
+    print(f"{len(train_rows)} training images, {len(held_rows)} held-out images ({', '.join(kinds)}; {CROP}x{CROP} "
+          "crops)")
 
     # Before: the random checkpoint.
     checkpoint = tiny_checkpoint()
@@ -163,6 +151,7 @@ def main() -> None:
     plot(summary, out / "curve.png")
     print(f"{steps} steps in {train_minutes:.1f} min ({summary['steps_per_second']:.2f} steps/s); "
           f"wall {summary['wall_minutes']:.1f} min; curve in {out / 'curve.png'}")  # fmt: skip
+    return summary
 
 
 def plot(summary: dict, path: Path) -> None:
@@ -188,4 +177,4 @@ def plot(summary: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

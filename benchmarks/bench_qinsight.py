@@ -28,48 +28,39 @@ Prints the held-out class accuracy, severity accuracy (the readout's severity of
 label; "null" for clean images) and both-right accuracy before and after, with the wall time, and saves the curve
 (curve.png) and the figures (summary.json) in --output.
 
-    OMP_NUM_THREADS=1 python train/bench_qinsight.py --steps 600 --output runs/bench_qinsight
+    OMP_NUM_THREADS=1 python benchmarks/bench_qinsight.py --steps 600 --seed 0 --output runs/bench_qinsight
+    python benchmarks/bench_qinsight.py --quick --output /tmp/bench_qinsight   # 2 steps on a few crops (tests)
 
-Measured (2 shared cores, 600 steps, about 12.5 min of training and 16 min wall; train/bench_qinsight_results/):
-held-out class accuracy 0.238 -> 0.448 (seed 0) and 0.389 (seed 1), chance 0.238; severity 0.18-0.19 -> 0.19-0.20,
-i.e. chance; both right 0.048 -> 0.095 / 0.079. Darkening is recognised (recall 0.88), severity is not, and the
-readout sometimes falls back to one class for every image for a while (seed 0 at step 500, seed 1 at step 300).
+The images are written by `vq_reward.data.distortions.make_distorted_set` from the crops (saved as clean PNGs
+first). Measured runs: benchmarks/README.md (curves and figures in results/qinsight/).
 """
 
 import argparse
 import copy
 import json
+import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from transformers import TrainerCallback
 
+from common import CROP, HELD_OUT_PHOTOS, REPO, distorted_crops, make_crops, sample_photos
 from vq_reward import VisualQualityScorer
-from vq_reward.data.distortions import CLEAN_CLASS, DISTORTIONS, distort, severity_name
-from vq_reward.hub import tiny_checkpoint
+from vq_reward.data.distortions import CLEAN_CLASS, DISTORTIONS
 from vq_reward.data.rows import write_jsonl
+from vq_reward.hub import tiny_checkpoint
 from vq_reward.train.grpo import main as train
 
 
-from bench_learning import CROP, HELD_OUT_PHOTOS, make_crops  # a sibling script: python puts benchmarks/ on sys.path
-
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def write_degradation_set(crops: list[tuple[str, Image.Image]], folder: Path) -> list[dict]:
-    """Every crop clean and under every distortion x severity 1..5, as "degradation" rows."""
-    folder.mkdir(parents=True, exist_ok=True)
+def degradation_rows(crops, folder: Path) -> list[dict]:
+    """Every crop clean and under every distortion x severity 1..5, as "degradation" JSONL rows."""
     rows = []
-    for name, crop in crops:
-        for kind, level in [(CLEAN_CLASS, 0)] + [(k, s) for k in DISTORTIONS for s in range(1, 6)]:
-            path = folder / f"{name}__{kind}{level}.png"
-            (crop if level == 0 else distort(crop, kind, level)).save(path)
-            rows.append({"id": len(rows), "image": str(path), "dataset_name": "synthetic", "task": "degradation",
-                         "distortion_class": kind, "severity": severity_name(level), "reference": name})  # fmt: skip
+    for image in distorted_crops(crops, folder):
+        rows.append({"id": len(rows), "image": str(folder / image.image), "dataset_name": "synthetic",
+                     "task": "degradation", "distortion_class": image.distortion_class, "severity": image.severity,
+                     "reference": image.reference})  # fmt: skip
     return rows
 
 
@@ -132,7 +123,7 @@ class CurveCallback(TrainerCallback):
               f"{point['both']:.3f} (most named: {named})")  # fmt: skip
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=600, help="GRPO steps (4 rows x G=8 each)")
     parser.add_argument("--output", default="runs/bench_qinsight")
@@ -140,24 +131,29 @@ def main() -> None:
     parser.add_argument("--curve-every", type=int, default=100, help="steps between held-out evaluations")
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--beta", type=float, default=0.05)
+    parser.add_argument("--held-out-crops", type=int, nargs=2, default=[3, 1], metavar=("UNSEEN", "RIGHT"),
+                        help="crops per held-out photo, and right-half crops per training photo")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="1 crop per photo, 2 steps (tests)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.train_crops, args.held_out_crops, args.steps, args.curve_every = 1, [1, 1], 2, 1
     out = Path(args.output).resolve()  # rows hold absolute paths (relative ones resolve against the JSONL)
     wall_start = time.monotonic()
 
     # Data: left halves of six photos for training; right halves and two unseen photos held out.
     rng = np.random.default_rng(args.seed)
     train_crops, held_crops = [], []
-    for path in sorted((REPO / "examples" / "images").glob("*.jpg")):
-        photo = Image.open(path).convert("RGB")
-        if path.stem in HELD_OUT_PHOTOS:
-            held_crops += [(f"{path.stem}{i}", c) for i, c in enumerate(make_crops(photo, "all", 3, rng))]
+    unseen, right = args.held_out_crops
+    for stem, photo in sample_photos():
+        if stem in HELD_OUT_PHOTOS:
+            held_crops += [(f"{stem}{i}", c) for i, c in enumerate(make_crops(photo, "all", unseen, rng))]
         else:
             left = make_crops(photo, "left", args.train_crops, rng)
-            train_crops += [(f"{path.stem}{i}", c) for i, c in enumerate(left)]
-            held_crops += [(f"{path.stem}R0", make_crops(photo, "right", 1, rng)[0])]
-    train_rows = write_degradation_set(train_crops, out / "data" / "train")
-    held_rows = write_degradation_set(held_crops, out / "data" / "held_out")
+            train_crops += [(f"{stem}{i}", c) for i, c in enumerate(left)]
+            held_crops += [(f"{stem}R{i}", c) for i, c in enumerate(make_crops(photo, "right", right, rng))]
+    train_rows = degradation_rows(train_crops, out / "data" / "train")
+    held_rows = degradation_rows(held_crops, out / "data" / "held_out")
     write_jsonl(train_rows, out / "data" / "train.jsonl")
     print(f"{len(train_rows)} training rows, {len(held_rows)} held-out images ({CROP}x{CROP} crops)")
 
@@ -195,6 +191,7 @@ def main() -> None:
     plot(summary, out / "curve.png")
     print(f"{steps} steps, {train_minutes:.1f} min training ({summary['seconds_per_step']:.2f} s/step); wall "
           f"{summary['wall_minutes']:.1f} min; chance: {summary['chance']}; curve in {out / 'curve.png'}")  # fmt: skip
+    return summary
 
 
 def plot(summary: dict, path: Path) -> None:
@@ -222,4 +219,4 @@ def plot(summary: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -1,108 +1,93 @@
-"""Benchmark `score()` against the reference "generate, then parse" path, on the same images, side by side.
+"""Benchmark `score()` (both readouts) against the reference "generate, then parse" path, on the same images.
 
-The reference is the official README's batch code: the non-thinking prompt with "Picture 1: " labels, one
-`generate(do_sample=True, top_k=50, top_p=1)` per batch, decode, regex-parse. A fine-tuned checkpoint answers
-"<answer>3.52</answer>" and stops, about 10 tokens; a random smoke model never stops on its own, so the reference
-always generates exactly `answer_tokens` tokens, the length of a real answer, on every model.
+    OMP_NUM_THREADS=1 python benchmarks/bench_scoring.py --model tiny
+    python benchmarks/bench_scoring.py --model TianheWu/VisualQuality-R1-7B --device cuda
 
-Each (path, batch size) cell runs in a fresh process, so peak-memory figures do not inherit an earlier cell's
-allocations. Memory is the peak above the loaded model: CUDA allocator peak on GPU, sampled RSS on CPU.
+Three paths, each at every batch size (`--batch-sizes`, default 1 8 32) on `--num-images` 512x384 synthetic
+images:
+
+- first-digit: `score(readout="first-digit")`, one forward, the expectation over the first digit 1..5;
+- number: `score(readout="number")`, one forward that also reads the 48 answer branches (tree attention mask);
+- generate+parse: the official README's batch code, kept literal: the non-thinking prompt with "Picture 1: " labels
+  (`add_vision_id=True`), one `model.generate(do_sample=True, top_k=50, top_p=1)` per batch, decode, regex-parse
+  (`<answer>(.*?)</answer>`, last block, then its first number). A fine-tuned checkpoint answers
+  "<answer>3.52</answer>" and stops, about 10 tokens; a random smoke model never stops on its own, so the reference
+  always generates exactly `--answer-tokens` tokens (default 10), the length of a real answer, on every model.
+
+The images are resized to the model's input size once before timing (as qwen-vl-utils' `process_vision_info` does in
+the official code), so every path is timed from model-sized PIL images: processor, forward(s), readout or decoding
+and parsing. Each (path, batch size) cell runs in a fresh spawned process: it loads the model, runs one untimed
+warm-up batch, then times `--repeats` passes over all the images; images/s is reported as the median with the range
+over the repeats. Peak memory is the peak above the loaded model, over warm-up and repeats: the CUDA allocator's
+peak on GPU, sampled RSS on CPU.
+
+`--quick` (for the tests): 4 images of 112x84, batch sizes 1 and 2, one repeat, 2 answer tokens, cells in this
+process. Measured results: benchmarks/README.md.
 """
 
-import multiprocessing
+import argparse
 import os
 import re
-import threading
-import time
-from concurrent.futures import ProcessPoolExecutor
+import sys
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from PIL import Image
 
+from common import PeakMemory, Timing, markdown_table, run_in_fresh_process, synthetic_images, time_repeats
 from vq_reward import prompts
 
 
+PATHS = ("first-digit", "number", "generate+parse")
+
+
 @dataclass(frozen=True)
-class BenchCell:
+class Cell:
     path: str
     batch_size: int
-    images_per_second: float
+    timing: Timing
     peak_mib: float
 
 
-def synthetic_images(count: int, width: int = 512, height: int = 384) -> list[Image.Image]:
-    """Deterministic photo-like test images: smooth gradients plus seeded noise."""
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:height, 0:width] / max(width, height)
-    images = []
-    for i in range(count):
-        base = np.stack([np.sin(3 * x + i), np.cos(4 * y - i), np.sin(2 * (x + y) + 0.5 * i)], axis=-1)
-        pixels = 127.5 * (1 + base) + rng.normal(0, 8 + i % 16, base.shape)
-        images.append(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)))
-    return images
-
-
-def run_bench(
+def measure_cell(
     model: str,
-    batch_sizes: tuple[int, ...] = (1, 8, 32),
+    path: str,
+    batch_size: int,
     num_images: int = 64,
+    size: tuple[int, int] = (512, 384),
+    repeats: int = 5,
     device: str = "cpu",
     dtype: str = "auto",
     answer_tokens: int = 10,
-) -> list[BenchCell]:
-    """Measure both paths at every batch size, each cell in its own process."""
-    cells = []
-    for batch_size in batch_sizes:
-        for path in ("score", "generate"):
-            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
-                args = (model, path, batch_size, num_images, device, dtype, answer_tokens)
-                cells.append(child.submit(_measure, *args).result())
-    return cells
+    scorer=None,
+) -> Cell:
+    """One cell: load the model (unless a loaded `scorer` is given), warm up on one batch, time `repeats` passes
+    over all the images."""
+    torch.manual_seed(0)
+    scorer = scorer or load_scorer(model, device, dtype)
+    images = scorer.prepare(synthetic_images(num_images, *size))
 
+    def run(batch: list[Image.Image]) -> None:
+        if path == "generate+parse":
+            reference_generate_and_parse(scorer, batch, batch_size, answer_tokens)
+        else:
+            scorer.score(batch, batch_size=batch_size, readout=path)
 
-def format_table(cells: list[BenchCell]) -> str:
-    """A side-by-side table: images/s and peak memory of both paths, and the speed-up of score()."""
-    rows = [
-        "| batch | score() img/s | generate+parse img/s | speed-up | score() peak MiB | generate+parse peak MiB |",
-        "|---:|---:|---:|---:|---:|---:|",
-    ]
-    by_key = {(cell.path, cell.batch_size): cell for cell in cells}
-    for batch_size in sorted({cell.batch_size for cell in cells}):
-        fast, slow = by_key[("score", batch_size)], by_key[("generate", batch_size)]
-        rows.append(
-            f"| {batch_size} | {fast.images_per_second:.2f} | {slow.images_per_second:.2f} | "
-            f"{fast.images_per_second / slow.images_per_second:.1f}x | {fast.peak_mib:.0f} | {slow.peak_mib:.0f} |"
+    with PeakMemory(scorer.device) as memory:
+        timing = time_repeats(
+            lambda: run(images), repeats, items=num_images, warmup=lambda: run(images[:batch_size]), device=scorer.device
         )
-    return "\n".join(rows)
+    return Cell(path, batch_size, timing, memory.peak_mib)
 
 
-def _measure(
-    model: str, path: str, batch_size: int, num_images: int, device: str, dtype: str, answer_tokens: int
-) -> BenchCell:
-    from vq_reward.scorer import VisualQualityScorer  # imported in the child, after spawn
+def load_scorer(model: str, device: str = "cpu", dtype: str = "auto"):
+    from vq_reward.scorer import VisualQualityScorer
 
     torch_dtype = None if dtype == "auto" else getattr(torch, dtype)
-    scorer = VisualQualityScorer.from_pretrained(model, device=device, dtype=torch_dtype)
-    images = scorer.prepare(synthetic_images(num_images))
-
-    def run_once(batch: list[Image.Image]) -> None:
-        if path == "score":
-            scorer.score(batch, batch_size=batch_size)
-        else:
-            _reference_generate_and_parse(scorer, batch, batch_size, answer_tokens)
-
-    with _PeakMemory(scorer.device) as memory:
-        run_once(images[:batch_size])  # warm-up (kernels, lazy initialisation); not timed, but its memory counts
-        start = time.perf_counter()
-        run_once(images)
-        _synchronize(scorer.device)
-        elapsed = time.perf_counter() - start
-    return BenchCell(path, batch_size, num_images / elapsed, memory.peak_mib)
+    return VisualQualityScorer.from_pretrained(model, device=device, dtype=torch_dtype)
 
 
-def _reference_generate_and_parse(scorer, images: list[Image.Image], batch_size: int, answer_tokens: int) -> list:
+def reference_generate_and_parse(scorer, images: list[Image.Image], batch_size: int, answer_tokens: int) -> list:
     """The official README's batch inference, kept literal: no size sorting, no shared parser."""
     message = prompts.image_message(prompts.quality_prompt(thinking=False))
     text = scorer.processor.apply_chat_template(
@@ -128,44 +113,87 @@ def _reference_generate_and_parse(scorer, images: list[Image.Image], batch_size:
     return scores
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def run_bench(
+    model: str,
+    batch_sizes: tuple[int, ...] = (1, 8, 32),
+    fresh_process: bool = True,
+    paths: tuple[str, ...] = PATHS,
+    **cell_kwargs,
+) -> list[Cell]:
+    """Every (path, batch size) cell, each in its own spawned process unless `fresh_process=False` (then one loaded
+    model serves every cell)."""
+    cells = []
+    scorer = None if fresh_process else load_scorer(model, cell_kwargs.get("device", "cpu"), cell_kwargs.get("dtype", "auto"))
+    for batch_size in batch_sizes:
+        for path in paths:
+            if fresh_process:
+                cell = run_in_fresh_process(measure_cell, model, path, batch_size, **cell_kwargs)
+            else:
+                cell = measure_cell(model, path, batch_size, **cell_kwargs, scorer=scorer)
+            print(f"[cell] {path} batch {batch_size}: {cell.timing.rate_text(2)} img/s, peak {cell.peak_mib:.0f} MiB",
+                  flush=True)  # fmt: skip
+            cells.append(cell)
+    return cells
 
 
-class _PeakMemory:
-    """Peak memory above the level at entry: the CUDA allocator's peak on GPU, sampled resident memory on CPU."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak_mib = float("nan")
-
-    def __enter__(self) -> "_PeakMemory":
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._base = torch.cuda.memory_allocated(self.device)
-        else:
-            self._base = self._peak = _resident_bytes()
-            self._stop = threading.Event()
-            self._sampler = threading.Thread(target=self._sample, daemon=True)
-            self._sampler.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.002):
-            self._peak = max(self._peak, _resident_bytes())
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            self._stop.set()
-            self._sampler.join()
-            peak = max(self._peak, _resident_bytes())
-        self.peak_mib = (peak - self._base) / 2**20
+def format_table(cells: list[Cell]) -> str:
+    """images/s (median, range over repeats), the speed ratios, and peak MiB of each path, one row per batch size."""
+    by_key = {(cell.path, cell.batch_size): cell for cell in cells}
+    header = [
+        "batch", "first-digit img/s", "number img/s", "generate+parse img/s", "number / first-digit",
+        "first-digit / generate", "number / generate", "peak MiB first-digit", "peak MiB number",
+        "peak MiB generate+parse",
+    ]  # fmt: skip
+    rows = []
+    for batch_size in sorted({cell.batch_size for cell in cells}):
+        first, number, generate = (by_key[(path, batch_size)] for path in PATHS)
+        rows.append([
+            batch_size, first.timing.rate_text(2), number.timing.rate_text(2), generate.timing.rate_text(2),
+            f"{number.timing.rate / first.timing.rate:.2f}x", f"{first.timing.rate / generate.timing.rate:.1f}x",
+            f"{number.timing.rate / generate.timing.rate:.1f}x", f"{first.peak_mib:.0f}", f"{number.peak_mib:.0f}",
+            f"{generate.peak_mib:.0f}",
+        ])  # fmt: skip
+    return markdown_table(header, rows)
 
 
-def _resident_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+NOTES = """\
+images/s: median over the repeats, (slowest-fastest) in brackets; the ratios compare medians. The spread shows how
+noisy the machine was during the run. Peak MiB: above the loaded model, over the warm-up and the repeats.
+On the 0.7M-parameter tiny smoke model these figures describe this code, not the 7B model: the vision tower and the
+processor dominate its forward and a decode step is nearly free, so the ratios against generate+parse say little
+about a 7B on a GPU, where every one of the ~10 decode steps is a full memory-bound pass over the weights."""
+
+
+def main(argv: list[str] | None = None) -> list[Cell]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny", help='"tiny", a local folder or a hub id')
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 elsewhere), bfloat16, float32, ...")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--num-images", type=int, default=64)
+    parser.add_argument("--size", type=int, nargs=2, default=[512, 384], metavar=("WIDTH", "HEIGHT"))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--answer-tokens", type=int, default=10, help="tokens the reference path generates")
+    parser.add_argument("--in-process", action="store_true", help="run the cells in this process (no spawn)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, 1 repeat, cells in this process (tests)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batch_sizes, args.num_images, args.size, args.repeats = [1, 2], 4, [112, 84], 1
+        args.answer_tokens, args.in_process = 2, True
+    print(f"model {args.model} on {args.device} (dtype {args.dtype}), {args.num_images} images of "
+          f"{args.size[0]}x{args.size[1]}, {args.repeats} repeats, {args.answer_tokens} generated tokens, "
+          f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}", flush=True)  # fmt: skip
+    cells = run_bench(
+        args.model, tuple(args.batch_sizes), fresh_process=not args.in_process, num_images=args.num_images,
+        size=tuple(args.size), repeats=args.repeats, device=args.device, dtype=args.dtype,
+        answer_tokens=args.answer_tokens,
+    )  # fmt: skip
+    print()
+    print(format_table(cells))
+    print()
+    print(NOTES)
+    return cells
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

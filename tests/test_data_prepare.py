@@ -1,6 +1,7 @@
 """Data preparation: MOS normalisation, the split by reference, label-file errors, JSONL round trip, merge, CLI."""
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -127,3 +128,87 @@ def test_read_jsonl_errors_name_file_and_line(tmp_path):
     bad.write_text(json.dumps({"image": "a"}) + "\n")
     with pytest.raises(DataFileError, match=r"bad.jsonl:1: missing \['dataset_name', 'mos'\]"):
         read_jsonl(bad)
+
+
+def _plain_labels(tmp_path: Path, lines: list[str]) -> Path:
+    for line in lines:
+        (tmp_path / line.split()[0]).touch()
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(lines) + "\n")
+    return labels
+
+
+def test_conflicting_duplicates_and_outliers_are_refused_with_their_lines(tmp_path):
+    lines = [f"img{i}.png {2 + i % 3}" for i in range(10)] + ["img3.png 4.5"]
+    labels = _plain_labels(tmp_path, lines)
+    with pytest.raises(LabelFileError) as error:
+        read_label_file(labels)
+    assert "labels.txt:11: 'img3.png' has MOS 4.5 here but 2 on line 4; keep one of them" in str(error.value)
+    rows, skipped = read_label_file(labels, skip_bad_rows=True)
+    assert "img3.png" not in {r.image for r in rows} and len(rows) == 9 and len(skipped) == 1
+    labels.write_text("\n".join([f"img{i}.png {2 + i % 3}" for i in range(9)] + ["img9.png -1e308", "img0.png 2"]))
+    with pytest.raises(LabelFileError, match=r"labels.txt:10: MOS -1e\+308 is far outside the others"):
+        read_label_file(labels)
+    rows, skipped = read_label_file(labels, skip_bad_rows=True)  # the exact repeat of img0 is dropped, reported
+    assert max(normalize_mos([r.mos for r in rows])) == 5.0 and len({r.image for r in rows}) == len(rows) == 9
+    assert any("repeats line 1 with the same MOS; dropped" in message for message in skipped)
+
+
+def test_prepare_data_writes_every_split_or_none(tmp_path, monkeypatch, capsys):
+    labels = _plain_labels(tmp_path, [f"r{i}_a.png {1 + i % 5}" for i in range(20)])
+    out = tmp_path / "data"
+    args = ["prepare-data", "--labels", str(labels), "--images", str(tmp_path), "--dataset-name", "X",
+            "--output-dir", str(out), "--reference-pattern", "^(r\\d+)_"]  # fmt: skip
+    from vq_reward.data import jsonl
+
+    staged = jsonl._staged
+    calls = []
+
+    def full_disk_on_the_second_file(path, text):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return staged(path, text)
+
+    monkeypatch.setattr(jsonl, "_staged", full_disk_on_the_second_file)
+    assert cli(args) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())  # not even a hidden temporary file is left
+    monkeypatch.setattr(jsonl, "_staged", staged)
+    assert cli(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["X_test.jsonl", "X_train.jsonl", "X_val.jsonl"]
+
+
+def test_an_empty_split_is_refused(tmp_path, capsys):
+    labels = _plain_labels(tmp_path, ["a.png 1", "b.png 2"])
+    args = ["prepare-data", "--labels", str(labels), "--images", str(tmp_path), "--dataset-name", "X",
+            "--output-dir", str(tmp_path / "data")]  # fmt: skip
+    assert cli(args) == 1
+    assert re.search(r"the (val|test)(, test)? split would be empty .*--no-split", capsys.readouterr().err)
+    assert cli(args + ["--no-split"]) == 0
+
+
+def test_training_rows_are_all_checked_before_training(tmp_path):
+    from conftest import noise_image
+
+    noise_image(64, 64).save(tmp_path / "good.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    rows = [
+        {"image": "good.png", "dataset_name": "X", "mos": 3.0},
+        {"image": "gone.png", "dataset_name": "X", "mos": 3.0},
+        {"image": "good.png", "dataset_name": "X", "mos": float("nan")},
+        {"image": "good.png", "dataset_name": "X", "mos": None},
+        {"image": "good.png", "dataset_name": "X", "mos": "high"},
+        {"image": "notes.png", "dataset_name": "X", "mos": 2.0},
+        {"image": "good.png", "mos": 2.0},
+    ]
+    path = write_jsonl(rows, tmp_path / "train.jsonl")
+    assert len(read_jsonl(path, required=("image",))) == 7  # without image checks only the keys asked for
+    with pytest.raises(DataFileError) as error:
+        read_jsonl(path, check_images=True)
+    message = str(error.value)
+    assert message.startswith(f"6 bad rows in {path}")
+    for line, what in [(2, "gone.png does not exist"), (3, "mos is NaN, not a finite number"),
+                       (4, "mos is null, not a number"), (5, 'mos is "high", not a number'),
+                       (6, "notes.png cannot be read"), (7, "missing ['dataset_name']")]:  # fmt: skip
+        assert f"{path}:{line}: " in message and what in message, (line, what, message)

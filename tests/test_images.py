@@ -1,3 +1,4 @@
+import os
 import struct
 import zlib
 
@@ -6,16 +7,8 @@ import pytest
 import torch
 from conftest import noise_image
 from PIL import Image
-from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as hf_smart_resize
 
 from vq_reward.images import ImageInputError, load_image, pil_to_rgb, resize_for_model, smart_resize, to_rgb_images
-
-
-@pytest.mark.parametrize("height", [28, 29, 41, 55, 100, 384, 512, 777, 1080, 4000])
-@pytest.mark.parametrize("width", [28, 33, 56, 97, 384, 640, 1920, 3001])
-@pytest.mark.parametrize("budget", [(3136, 12845056), (3136, 50176), (65536, 401408)])
-def test_smart_resize_matches_the_qwen_processor(height, width, budget):
-    assert smart_resize(height, width, *budget) == hf_smart_resize(height, width, 28, *budget)
 
 
 def rgb_of(image):
@@ -154,3 +147,63 @@ def test_resize_matches_the_official_loader(width, height):
     transparent = Image.new("RGBA", (64, 64), (10, 20, 30, 0))
     official = qwen_vl_utils.fetch_image({"image": transparent, "min_pixels": 3136, "max_pixels": 50176})
     assert np.array_equal(np.asarray(resize_for_model(pil_to_rgb(transparent), 3136, 50176)), np.asarray(official))
+
+
+def test_float_images_are_scaled_when_unambiguous_and_refused_otherwise(tmp_path):
+    ramp = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    Image.fromarray(ramp, mode="F").save(tmp_path / "unit.tif")
+    (rgb,) = to_rgb_images(tmp_path / "unit.tif")
+    assert np.asarray(rgb)[..., 0].max() == 255 and np.asarray(rgb)[..., 0].min() == 0  # not black
+    Image.fromarray(np.rint(ramp * 255), mode="F").save(tmp_path / "bytes.tif")
+    assert np.array_equal(np.asarray(to_rgb_images(tmp_path / "bytes.tif")[0]), np.asarray(rgb))
+    for name, values, message in [("nan.tif", np.full((64, 64), np.nan, np.float32), "NaN or infinite"),
+                                  ("hdr.tif", ramp * 3.7, r"values in \[0, 3\.7\].*brightness scale is unknown")]:  # fmt: skip
+        Image.fromarray(values.astype(np.float32), mode="F").save(tmp_path / name)
+        with pytest.raises(ImageInputError, match=message):
+            to_rgb_images(tmp_path / name)
+
+
+def test_exif_orientation_is_one_rule_for_every_input_kind(tmp_path):
+    photo = noise_image(80, 40)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    photo.save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    from_path = to_rgb_images(tmp_path / "rotated.jpg")[0]
+    with Image.open(tmp_path / "rotated.jpg") as opened:
+        from_pil = to_rgb_images(opened)[0]
+        stored = to_rgb_images(opened, exif_transpose=False)[0]
+    assert from_path.size == from_pil.size == (40, 80) and stored.size == (80, 40)
+    assert np.array_equal(np.asarray(from_path), np.asarray(from_pil))
+    assert to_rgb_images(tmp_path / "rotated.jpg", exif_transpose=False)[0].size == (80, 40)  # the official way
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: noise_image(20, 20).save(p / "tiny.png") or p / "tiny.png", r"tiny\.png' is 20x20 pixels; both sides"),
+        (lambda p: noise_image(20000, 28).save(p / "strip.png") or p / "strip.png", r"aspect ratio over 200:1"),
+        (lambda p: bytes(p / "x.png"), r"is bytes; pass a file path as str"),
+        (lambda p: torch.empty(2, 3, 32, 32, device="meta"), r"on the meta device"),
+        (lambda p: torch.zeros(1, 3, 32, 32).to_sparse(), r"sparse_coo tensor; call \.to_dense\(\)"),
+        (lambda p: torch.zeros(0, 3, 32, 32), r"holds no images \(batch size 0\)"),
+    ],
+    ids=["undersized-file", "28x20000-file", "bytes", "meta", "sparse", "empty-batch"],
+)
+def test_inputs_say_what_is_actually_wrong(tmp_path, make, message):
+    with pytest.raises(ImageInputError, match=message):
+        to_rgb_images(make(tmp_path))
+
+
+def test_an_unreadable_file_is_called_unreadable(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root reads every file")
+    noise_image(64, 64).save(tmp_path / "locked.png")
+    (tmp_path / "locked.png").chmod(0)
+    with pytest.raises(ImageInputError, match="cannot be read \\(permission denied\\)"):
+        to_rgb_images(tmp_path / "locked.png")
+
+
+def test_input_range_must_be_finite_and_increasing():
+    for bad in [(float("nan"), 1.0), (0.0, float("inf")), (1.0, 1.0), (1.0, 0.0)]:
+        with pytest.raises(ValueError, match="must be finite \\(low, high\\) with low < high"):
+            to_rgb_images(torch.zeros(3, 32, 32), input_range=bad)

@@ -86,7 +86,7 @@ def test_one_jsonl_mixes_the_three_tasks_and_is_read_back_per_task(data, tmp_pat
 
 def test_prompts_and_images_reach_trl_in_q_insight_layout(data, scorer):
     rows = load_rows([data / "mixed.jsonl"])
-    args = VQScriptArguments(prompt_style="q-insight", thinking=False, answer_prefix=True)
+    args = VQScriptArguments(prompt_style="q-insight", thinking=False, force_answer_prefix=True)
     dataset = build_dataset(rows, args, min_pixels=3136, max_pixels=28 * 28 * 16)
     by_task = {dataset[i]["task"]: dataset[i] for i in range(len(dataset))}
     assert "image" not in dataset.column_names  # a multi-image row turns every row's image into a list
@@ -94,7 +94,7 @@ def test_prompts_and_images_reach_trl_in_q_insight_layout(data, scorer):
     assert by_task["degradation"]["distortion_class"] is not None and by_task["comparison"]["result"] is not None
     # TRL fills the explicit image blocks in order; the rendered prompt is the scorer readout's, plus the prefix.
     processor = scorer.processor
-    template = with_answer_prefix(processor.chat_template, args.answer_prefix_text)
+    template = with_answer_prefix(processor.chat_template, args.answer_prefix)
     for task, messages in (
         ("degradation", prompts.degradation_messages()),
         ("comparison", prompts.comparison_messages()),

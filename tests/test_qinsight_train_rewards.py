@@ -75,6 +75,7 @@ def test_parse_rating():
         (degradation("blur", "serious") + degradation("noise", "slight"), 1.0),  # first block
         (degradation("noise", "slight") + degradation("blur", "serious"), 0.0),
         ('{"distortion_class": "blur", "severity": "serious"}', 0.0),  # no answer block
+        (answer('{"distortion_class": " blur ", "severity": " serious"}'), 1.0),  # stripped, as officially
     ],
 )
 def test_degradation_reward(text, expected):

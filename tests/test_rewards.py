@@ -210,3 +210,21 @@ def test_offload_frees_the_gpu_and_onload_brings_it_back(tiny_path):
 def test_rewards_reject_an_empty_range():
     with pytest.raises(ValueError, match=r"input_range=\(1, 1\) must be finite \(low, high\) with low < high"):
         QualityReward("unused-model-id", input_range=(1, 1))
+
+
+def test_a_pickled_reward_scores_exactly_like_the_original(tiny_path, tmp_path, monkeypatch):
+    import shutil
+
+    shutil.copytree(tiny_path, tmp_path / "model")
+    monkeypatch.chdir(tmp_path)
+    original = VisualQualityScorer.from_pretrained("model")  # a relative path
+    original.question = "How sharp is this photo?"  # settings changed after loading travel with the copy
+    original.max_input_pixels = 10**6
+    reward = original.as_reward()
+    blob = pickle.dumps(reward)
+    monkeypatch.chdir("/")  # the copy is loaded from another folder
+    copy = pickle.loads(blob)
+    images = pil_batch(3)
+    assert np.array_equal(copy(images)[0], reward(images)[0])
+    loaded = copy.source.get()
+    assert (loaded.question, loaded.max_input_pixels) == ("How sharp is this photo?", 10**6)

@@ -124,12 +124,81 @@ def test_flash_attention_missing_is_explained(tiny_path):
         VisualQualityScorer.from_pretrained(tiny_path, attn_implementation="flash_attention_2")
 
 
-def test_import_does_not_pull_training_code():
+@pytest.mark.slow
+def test_a_scorer_does_not_pull_training_code():
     code = (
         "import sys, vq_reward\n"
+        "vq_reward.VisualQualityScorer\n"
         "training = ('trl', 'peft', 'deepspeed', 'datasets')\n"  # (transformers itself imports accelerate)
         "bad = [m for m in sys.modules if m.split('.')[0] in training or m.startswith('vq_reward.train')]\n"
         "print(bad)\nsys.exit(bool(bad))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_smoke_names_work_in_python_as_in_the_cli():
+    scorer = VisualQualityScorer.from_pretrained("tiny")
+    assert scorer.score(noise_image(64, 64)).shape == (1,)
+
+
+def test_a_hub_id_without_network_fails_fast_with_one_line(monkeypatch):
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: as unreachable as the hub here
+    start = time.monotonic()
+    with pytest.raises(OSError, match=r"nobody/missing: the Hugging Face hub cannot be reached .*huggingface-cli download"):
+        VisualQualityScorer.from_pretrained("nobody/missing")
+    assert time.monotonic() - start < 10
+    with pytest.raises(FileNotFoundError, match=r"/no/such/folder: no such checkpoint folder"):
+        VisualQualityScorer.from_pretrained("/no/such/folder")
+
+
+def test_score_decodes_one_batch_at_a_time(scorer, tmp_path):
+    for i in range(12):
+        noise_image(56 + 4 * i, 56, seed=i).save(tmp_path / f"{i:02d}.png")
+    paths = sorted(tmp_path.glob("*.png"))
+    decoded, at_forward = [], []
+    original_forward = scorer.model.forward
+
+    def spy(*args, **kwargs):
+        at_forward.append(len(decoded))
+        return original_forward(*args, **kwargs)
+
+    from PIL import ImageFile
+
+    original_load = ImageFile.ImageFile.load  # decoding a file's pixels
+
+    def counting_load(self):
+        if getattr(self, "_im", None) is None:
+            decoded.append(self.filename)
+        return original_load(self)
+
+    scorer.model.forward = spy
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(ImageFile.ImageFile, "load", counting_load)
+            scorer.score(paths, batch_size=4)
+    finally:
+        del scorer.model.forward
+    assert at_forward == [4, 8, 12]  # each forward comes after its own batch was decoded, never all twelve first
+
+
+def test_the_prompt_follows_changed_settings(tiny_path):
+    scorer = VisualQualityScorer.from_pretrained(tiny_path)
+    before = scorer.score(noise_image(64, 64))
+    scorer.question = "How sharp is this photo?"
+    assert "How sharp is this photo?" in scorer.prompt()
+    scorer.add_vision_id = True
+    assert "Picture 1: " in scorer.prompt()
+    scorer.system = "Rate strictly."
+    assert "Rate strictly." in scorer.readout_prompt()
+    assert not torch.equal(scorer.score(noise_image(64, 64)), before)
+
+
+def test_the_constructor_says_that_it_freezes_the_model(scorer):
+    trainable = type(scorer.model)(scorer.model.config)
+    with pytest.warns(UserWarning, match="froze the model you passed.*copy.deepcopy"):
+        VisualQualityScorer(trainable, scorer.processor)
+    assert not any(p.requires_grad for p in trainable.parameters())

@@ -5,6 +5,7 @@ from transformers import AutoProcessor
 
 
 pytest.importorskip("trl")
+from vq_reward.images import ImageInputError  # noqa: E402
 from vq_reward.readout import NumberTokens  # noqa: E402
 from vq_reward.train.config import VQScriptArguments  # noqa: E402
 from vq_reward.train.dataset import build_dataset, with_answer_prefix  # noqa: E402
@@ -49,14 +50,14 @@ def test_dataset_builds_prompts_and_loads_resized_images(tmp_path):
     with pytest.raises(ValueError, match="task 'caption'"):
         build_dataset([{**rows[0], "task": "caption"}], VQScriptArguments(), 3136, 50176)
     missing = build_dataset([{**rows[0], "image": str(tmp_path / "gone.png")}], VQScriptArguments(), 3136, 50176)
-    with pytest.raises(FileNotFoundError, match="gone.png.*Re-run prepare-data"):
+    with pytest.raises(ImageInputError, match="gone.png': no such file"):  # rows are checked before training too
         missing[0]
 
 
 def test_script_arguments_refuse_contradictions():
     with pytest.raises(ValueError, match="answer_prefix needs thinking=False"):
-        VQScriptArguments(thinking=True, answer_prefix=True)
-    with pytest.raises(ValueError, match="digit_only needs answer_prefix=True"):
+        VQScriptArguments(thinking=True, force_answer_prefix=True)
+    with pytest.raises(ValueError, match="digit_only needs force_answer_prefix=True"):
         VQScriptArguments(thinking=False, digit_only=True)
 
 

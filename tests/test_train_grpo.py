@@ -58,7 +58,7 @@ def test_two_steps_change_the_weights_and_the_checkpoint_scores(tiny_path, train
 
 
 def test_official_thinking_recipe_runs_with_both_rewards(tiny_path, train_file, tmp_path):
-    trainer = train(_args(tiny_path, train_file, tmp_path / "run", "--thinking", "true", "--answer_prefix", "false",
+    trainer = train(_args(tiny_path, train_file, tmp_path / "run", "--thinking", "true", "--force_answer_prefix", "false",
                           "--digit_only", "false", "--reward_funcs", "fidelity", "format", "--parse_failure", "random",
                           "--parse_fallback_to_text", "true", "--max_completion_length", "6", "--beta", "0.04",
                           "--scale_rewards", "group", "--max_steps", "1"))  # fmt: skip

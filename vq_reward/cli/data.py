@@ -98,15 +98,28 @@ def _add_split_arguments(parser: argparse.ArgumentParser) -> None:
 def _write_splits(args: argparse.Namespace, rows: list[dict], task: str) -> None:
     from vq_reward.data import rows as data
 
-    splits = ("all",) if args.no_split else data.SPLITS
     if not args.no_split:
         split = data.split_references([row["reference"] for row in rows], tuple(args.ratios), args.seed)
         for row in rows:
             row["split"] = split[row["reference"]]
-    for name in splits:
-        chosen = [row for row in rows if row["split"] == name]
-        path = data.write_jsonl(chosen, Path(args.output_dir) / f"{args.dataset_name}_{task}_{name}.jsonl")
-        print(f"{path}: {len(chosen)} rows")
+    write_splits(rows, args.output_dir, f"{args.dataset_name}_{task}", ("all",) if args.no_split else data.SPLITS)
+
+
+def write_splits(rows: list[dict], output_dir: str, stem: str, splits: tuple[str, ...]) -> None:
+    """Write `{stem}_{split}.jsonl` for every split, all or none, refusing a split that would be empty."""
+    from vq_reward.data.jsonl import write_jsonl_files
+
+    chosen = {name: [row for row in rows if row["split"] == name] for name in splits}
+    empty = [name for name, members in chosen.items() if not members]
+    if empty:
+        references = len({row.get("reference") for row in rows})
+        raise ValueError(
+            f"the {', '.join(empty)} split would be empty ({len(rows)} rows, {references} references); nothing was "
+            "written. Use more data, other --ratios, or --no-split for a test-only dataset."
+        )
+    paths = write_jsonl_files({Path(output_dir) / f"{stem}_{name}.jsonl": members for name, members in chosen.items()})
+    for path, members in zip(paths, chosen.values(), strict=True):
+        print(f"{path}: {len(members)} rows")
 
 
 def _prepare_degradation(args: argparse.Namespace) -> int:
@@ -181,11 +194,7 @@ def _prepare(args: argparse.Namespace) -> int:
     else:
         split = data.split_references(references, tuple(args.ratios), args.seed)
     rows = data.build_rows(labels, args.images, args.dataset_name, lower_is_better=args.lower_is_better, split=split)
-    out = Path(args.output_dir)
-    for name in ("all",) if split is None else data.SPLITS:
-        chosen = [row for row in rows if row["split"] == name]
-        path = data.write_jsonl(chosen, out / f"{args.dataset_name}_{name}.jsonl")
-        print(f"{path}: {len(chosen)} rows")
+    write_splits(rows, args.output_dir, args.dataset_name, ("all",) if split is None else data.SPLITS)
     return 0
 
 

@@ -61,19 +61,41 @@ def write_jsonl(rows: Iterable[dict], path: str | os.PathLike) -> Path:
     return write_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
+def write_jsonl_files(files: dict[Path, list[dict]]) -> list[Path]:
+    """Write several JSONL files all or none: each goes to a synced temporary file first, and only when every one
+    is written are they renamed into place (a full disk leaves no partial split behind)."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, rows in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staged.append((_staged(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)), path))
+    except BaseException:
+        for temporary, _ in staged:
+            Path(temporary).unlink(missing_ok=True)
+        raise
+    for temporary, path in staged:
+        os.replace(temporary, path)
+    return [path for _, path in staged]
+
+
 def write_atomically(path: Path, text: str) -> Path:
     """Write `text` to `path` through a synced temporary file and a rename (see `write_jsonl`)."""
+    os.replace(_staged(path, text), path)
+    return path
+
+
+def _staged(path: Path, text: str) -> str:
+    """`text` in a synced temporary file beside `path`; its name. Removed again if writing fails."""
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(text)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return path
+    return temporary
 
 
 def _object(item: object, path: Path, where: str) -> dict:

@@ -77,11 +77,17 @@ def read_label_file(
 ) -> tuple[list[LabelRow], list[str]]:
     """Read `path` into rows, checking every line.
 
+    Besides malformed lines, non-numeric or non-finite MOS and missing images, the file as a whole is checked: an
+    image listed twice with different MOS is an error (twice with the same MOS, the repeat is dropped and reported
+    among the skipped lines),
+    and so is a MOS far outside the others (more than 50 median absolute deviations from the median: a typo or a
+    missing-value code such as -1e308, which would squash every other label to one end after normalisation).
+
     Args:
         layout: where the fields are (`LAYOUTS[name]` or your own `Layout`).
         images_dir: when given, every image must exist there.
-        skip_bad_rows: skip malformed lines, non-numeric MOS and missing images, and report them, instead of
-            raising at the first one.
+        skip_bad_rows: skip bad lines (malformed, non-numeric, missing image, outlier, conflicting duplicate) and
+            report them, instead of raising at the first one.
 
     Returns:
         The rows, and one message per skipped line ("FILE:LINE: why").
@@ -110,9 +116,41 @@ def read_label_file(
             if not skip_bad_rows:
                 raise LabelFileError(f"{error} (pass --skip-bad-rows to skip such lines and report them)") from None
             skipped.append(str(error))
+    rows, notes, problems = _whole_file_problems(rows, path)
+    if problems and not skip_bad_rows:
+        raise LabelFileError("\n".join(problems) + "\n(pass --skip-bad-rows to skip such lines and report them)")
+    skipped += notes + problems
     if not rows:
         raise LabelFileError(f"{path}: no usable rows ({len(skipped)} skipped); check --format and the columns.")
     return rows, skipped
+
+
+def _whole_file_problems(rows: list[LabelRow], path: Path) -> tuple[list[LabelRow], list[str], list[str]]:
+    """Drop exact repeats (notes), and flag conflicting duplicates and outliers (problems); returns what is kept."""
+    notes: list[str] = []
+    problems: list[str] = []
+    first: dict[str, LabelRow] = {}
+    conflicting: set[str] = set()
+    for row in rows:
+        seen = first.setdefault(row.image, row)
+        if seen is row:
+            continue
+        if seen.mos == row.mos:
+            notes.append(f"{path}:{row.line}: {row.image!r} repeats line {seen.line} with the same MOS; dropped")
+        else:
+            conflicting.add(row.image)
+            problems.append(f"{path}:{row.line}: {row.image!r} has MOS {row.mos:g} here but {seen.mos:g} on line "
+                            f"{seen.line}; keep one of them")  # fmt: skip
+    kept = [row for row in first.values() if row.image not in conflicting]
+    values = sorted(row.mos for row in kept)
+    if len(values) >= 5:
+        median = values[len(values) // 2]
+        spread = sorted(abs(v - median) for v in values)[len(values) // 2]
+        outliers = [row for row in kept if spread > 0 and abs(row.mos - median) > 50 * spread]
+        problems += [f"{path}:{row.line}: MOS {row.mos:g} is far outside the others (median {median:g}, median "
+                     f"deviation {spread:g}); a typo or a missing-value code?" for row in outliers]  # fmt: skip
+        kept = [row for row in kept if row not in outliers]
+    return kept, notes, problems
 
 
 def _row(

@@ -20,14 +20,24 @@ A row (one JSON object per line):
 One JSONL may mix tasks; each row is checked for its own task's keys (`TASK_KEYS`).
 """
 
+import json
+import math
 import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
+
 from vq_reward.data.jsonl import DataFileError, read_objects, write_jsonl
 from vq_reward.data.labels import LabelRow
+from vq_reward.prompts import (
+    QINSIGHT_COMPARISON_RESULTS,
+    QINSIGHT_DEGRADATION_CLASSES,
+    QINSIGHT_NONE,
+    QINSIGHT_SEVERITIES,
+)
 
 
 SPLITS = ("train", "val", "test")
@@ -136,11 +146,13 @@ def build_rows(
     ]
 
 
-def read_jsonl(path: str | Path, required: Sequence[str] | None = None) -> list[dict]:
-    """Read a JSONL data file, checking every line has the `required` keys (default: the keys of its `task`).
+def read_jsonl(path: str | Path, required: Sequence[str] | None = None, check_images: bool = False) -> list[dict]:
+    """Read a JSONL data file, checking every row; all bad rows are reported at once, as `file:line: what`.
 
-    Relative `image` / `images` paths are resolved against the file's folder, so a data folder can be moved as a
-    whole.
+    A row needs the `required` keys (default: the keys of its `task`), a finite number as `mos` (score rows),
+    Q-Insight's vocabulary (degradation and comparison rows), and with `check_images` image files that exist and
+    whose headers decode (training checks this before its first step, not at step 12). Relative `image` / `images`
+    paths are resolved against the file's folder, so a data folder can be moved as a whole.
 
     Example:
         >>> path = write_jsonl([{"image": "a.png", "dataset_name": "X", "mos": 3.0}], tmp_path / "x_train.jsonl")
@@ -148,25 +160,70 @@ def read_jsonl(path: str | Path, required: Sequence[str] | None = None) -> list[
         True
     """
     path = Path(path)
-    rows = []
+    rows, problems = [], []
     for number, row in read_objects(path, hint="Write one with `vq-reward prepare-data`."):
-        task = row.get("task", SCORE_TASK)
-        if required is None and task not in TASK_KEYS:
-            raise DataFileError(f"{path}:{number}: unknown task {task!r}; known tasks: {sorted(TASK_KEYS)}.")
-        needed = TASK_KEYS[task] if required is None else required
-        missing = [key for key in needed if key not in row]
-        if missing:
-            raise DataFileError(f"{path}:{number}: missing {missing}; {task} rows need {list(needed)}.")
-        if isinstance(row.get("image"), str):
-            row["image"] = _resolve(path, row["image"])
-        if "images" in row:
-            if not isinstance(row["images"], list) or not all(isinstance(i, str) for i in row["images"]):
-                raise DataFileError(f"{path}:{number}: `images` must be a list of paths, got {row['images']!r}.")
-            row["images"] = [_resolve(path, image) for image in row["images"]]
-        rows.append(row)
+        found = _row_problems(path, row, required, check_images)
+        problems.extend(f"{path}:{number}: {problem}" for problem in found)
+        if not found:
+            rows.append(row)
+    if problems:
+        shown = "\n".join(problems[:50]) + (f"\n... and {len(problems) - 50} more" if len(problems) > 50 else "")
+        raise DataFileError(f"{len(problems)} bad rows in {path}; fix or remove them:\n{shown}")
     if not rows:
         raise DataFileError(f"{path}: the data file has no rows.")
     return rows
+
+
+def _row_problems(path: Path, row: dict, required: Sequence[str] | None, check_images: bool) -> list[str]:
+    """What is wrong with one row (resolving its image paths in place); empty when nothing is."""
+    task = row.get("task", SCORE_TASK)
+    if required is None and task not in TASK_KEYS:
+        return [f"unknown task {task!r}; known tasks: {sorted(TASK_KEYS)}"]
+    needed = TASK_KEYS[task] if required is None else required
+    missing = [key for key in needed if key not in row]
+    if missing:
+        return [f"missing {missing}; {task} rows need {list(needed)}"]
+    problems = []
+    if "mos" in needed:
+        mos = row["mos"]
+        if isinstance(mos, bool) or not isinstance(mos, (int, float)):
+            problems.append(f"mos is {json.dumps(mos)}, not a number")
+        elif not math.isfinite(mos):
+            problems.append(f"mos is {json.dumps(mos)}, not a finite number")
+    if task == DEGRADATION_TASK:
+        classes, levels = (*QINSIGHT_DEGRADATION_CLASSES, QINSIGHT_NONE), (*QINSIGHT_SEVERITIES, QINSIGHT_NONE)
+        if row["distortion_class"] not in classes or row["severity"] not in levels:
+            problems.append(f"distortion_class/severity {row['distortion_class']!r}/{row['severity']!r} are not "
+                            f"among {list(classes)} / {list(levels)}")  # fmt: skip
+    if task == COMPARISON_TASK and row["result"] not in QINSIGHT_COMPARISON_RESULTS:
+        problems.append(f"result {row['result']!r} is not one of {list(QINSIGHT_COMPARISON_RESULTS)}")
+    if "image" in row:
+        if not isinstance(row["image"], str):
+            return problems + [f"image must be a path, got {json.dumps(row['image'])}"]
+        row["image"] = _resolve(path, row["image"])
+    if "images" in row:
+        if not isinstance(row["images"], list) or not all(isinstance(i, str) for i in row["images"]):
+            return problems + [f"`images` must be a list of paths, got {row['images']!r}"]
+        row["images"] = [_resolve(path, image) for image in row["images"]]
+    if check_images:
+        for image in [row["image"]] if "image" in row else row.get("images", []):
+            problem = _image_problem(image)
+            if problem:
+                problems.append(problem)
+    return problems
+
+
+def _image_problem(image: str) -> str | None:
+    if not Path(image).is_file():
+        return f"image {image} does not exist"
+    try:
+        with Image.open(image) as opened:  # the header only: cheap, and catches non-images and damaged headers
+            width, height = opened.size
+    except (OSError, Image.DecompressionBombError) as error:
+        return f"image {image} cannot be read ({error})"
+    if min(width, height) < 28:
+        return f"image {image} is {width}x{height}; both sides must be at least 28 pixels"
+    return None
 
 
 def _resolve(data_file: Path, image: str) -> str:

@@ -2,8 +2,9 @@
 
 Rows are dicts with `image` (path) and `mos`, optionally `dataset_name` (default "all"): the JSONL rows of
 `vq-reward prepare-data`, or a raw label file read by `vq-reward eval`. Scores come from `score()` (one forward,
-deterministic), so a report is reproducible. Needs scipy for the logistic fit and matplotlib for the plot
-(`pip install 'vq-reward[eval]'`).
+deterministic), so a report is reproducible. Needs scipy for the metrics and matplotlib for the plot
+(`pip install 'vq-reward[eval]'`). PLCC(logistic) is after an increasing logistic fit: `nan` (`null` in JSON, `-`
+in the table) when no increasing curve fits better than a constant, as for an inverted predictor.
 
     >>> rows = [{"image": torch.rand(3, 56, 56), "mos": float(m), "dataset_name": "demo"} for m in range(1, 6)]
     >>> report = evaluate(scorer, rows)

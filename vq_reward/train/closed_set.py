@@ -73,7 +73,7 @@ class ClosedSetSampler:
 
     def __init__(self, tokenizer, answer_prefix: str, temperature: float = 1.0) -> None:
         if not answer_prefix:
-            raise ValueError("closed-set sampling needs the answer prefix the prompts end with (answer_prefix=True).")
+            raise ValueError("closed-set sampling needs the answer prefix the prompts end with (force_answer_prefix=True).")
         self.tokenizer = tokenizer
         self.temperature = temperature
         self.prefix_ids = tokenizer(answer_prefix, add_special_tokens=False)["input_ids"]
@@ -132,7 +132,7 @@ class ClosedSetSampler:
             if prompt[-len(self.prefix_ids) :] != self.prefix_ids:
                 raise ValueError(
                     "closed-set sampling: the prompt does not end with the answer prefix; the chat template's "
-                    "generation prompt must carry it (answer_prefix=True)."
+                    "generation prompt must carry it (force_answer_prefix=True)."
                 )
             if task not in self.answer_ids:
                 raise ValueError(f"no closed answer set for task {task!r}; known: {sorted(self.answer_ids)}.")

@@ -26,7 +26,7 @@ class VQScriptArguments:
         default=True,
         metadata={"help": "Prompt for <think> reasoning then <answer> (official). False: answer only (fast path)."},
     )
-    answer_prefix: bool = field(
+    force_answer_prefix: bool = field(
         default=False,
         metadata={
             "help": "Non-thinking only: end the generation prompt with '<answer>', so the completion is the score "
@@ -36,7 +36,7 @@ class VQScriptArguments:
     digit_only: bool = field(
         default=False,
         metadata={
-            "help": "With answer_prefix: sample only the digit tokens 1..5 (suppress every other token). Use with "
+            "help": "With force_answer_prefix: sample only the digit tokens 1..5 (suppress every other token). Use with "
             "max_completion_length=1. Exact policy gradient of the digit distribution that score() reads."
         },
     )
@@ -52,7 +52,7 @@ class VQScriptArguments:
     closed_set_sampling: bool = field(
         default=False,
         metadata={
-            "help": "q-insight with answer_prefix: sample each answer from the closed set that the scorer's "
+            "help": "q-insight with force_answer_prefix: sample each answer from the closed set that the scorer's "
             "readouts score (degradation: 21 class/severity answers; comparison: Image A/Image B/Similar; score: "
             "'{\"rating\": d' for d in 1..5), in proportion to the model's likelihood of each. Exact policy "
             "gradient of the readout's distribution with a loss_type that does not divide by each completion's "
@@ -129,19 +129,19 @@ class VQScriptArguments:
     )
 
     def __post_init__(self) -> None:
-        if self.answer_prefix and self.thinking:
-            raise ValueError("answer_prefix needs thinking=False: the '<answer>' prefix skips the reasoning.")
-        if self.digit_only and not self.answer_prefix:
-            raise ValueError("digit_only needs answer_prefix=True: only then is the first completion token a digit.")
+        if self.force_answer_prefix and self.thinking:
+            raise ValueError("force_answer_prefix needs thinking=False: the '<answer>' prefix skips the reasoning.")
+        if self.digit_only and not self.force_answer_prefix:
+            raise ValueError("digit_only needs force_answer_prefix=True: only then is the first completion token a digit.")
         if self.prompt_style not in ("visualquality-r1", "q-insight"):
             raise ValueError(f"prompt_style must be 'visualquality-r1' or 'q-insight', got {self.prompt_style!r}.")
         if self.digit_only and self.prompt_style == "q-insight":
             raise ValueError(
                 "digit_only is for the visualquality-r1 '<answer>' prefix; use closed_set_sampling with q-insight."
             )
-        if self.closed_set_sampling and not (self.prompt_style == "q-insight" and self.answer_prefix):
+        if self.closed_set_sampling and not (self.prompt_style == "q-insight" and self.force_answer_prefix):
             raise ValueError(
-                "closed_set_sampling needs prompt_style='q-insight' and answer_prefix=True (with thinking=False): "
+                "closed_set_sampling needs prompt_style='q-insight' and force_answer_prefix=True (with thinking=False): "
                 "the closed-set answers follow Q-Insight's forced answer prefix."
             )
         if self.fidelity_scope not in ("local", "global"):
@@ -150,12 +150,12 @@ class VQScriptArguments:
             raise ValueError(f"parse_failure must be 'exclude' or 'random', got {self.parse_failure!r}.")
 
     @property
-    def answer_prefix_text(self) -> str:
-        """The text forced at the start of the answer with `answer_prefix`, else "".
+    def answer_prefix(self) -> str:
+        """The text forced at the start of the answer with `force_answer_prefix`, else "".
 
         "<answer>" for visualquality-r1; an empty reasoning block and "<answer>\\n" for q-insight (exactly what the
         scorer's Q-Insight readouts force).
         """
-        if not self.answer_prefix:
+        if not self.force_answer_prefix:
             return ""
         return prompts.QINSIGHT_ANSWER_PREFIX if self.prompt_style == "q-insight" else prompts.ANSWER_PREFIX

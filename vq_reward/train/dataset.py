@@ -18,7 +18,7 @@ from PIL import Image
 
 from vq_reward import prompts
 from vq_reward.data.rows import COMPARISON_TASK, DEGRADATION_TASK, SCORE_TASK, merge_rows, read_jsonl
-from vq_reward.images import ImageInputError, load_image, resize_for_model
+from vq_reward.images import load_image, resize_for_model
 from vq_reward.train import require_trl
 from vq_reward.train.config import VQScriptArguments
 
@@ -70,7 +70,7 @@ def load_rows(files: Sequence[str | Path], max_samples: int | None = None) -> li
         raise ValueError(
             "no data files given: pass --train_files data/NAME_train.jsonl (from vq-reward prepare-data)."
         )
-    rows = merge_rows([read_jsonl(path) for path in files])
+    rows = merge_rows([read_jsonl(path, check_images=True) for path in files])  # every row, before step 1
     return rows[:max_samples] if max_samples else rows
 
 
@@ -118,12 +118,9 @@ class ImageLoader:
         return out
 
     def load(self, path: str) -> Image.Image:
-        # The scorer's loader: transparency, 16-bit and EXIF rotation handled exactly as at scoring time.
-        try:
-            rgb = load_image(path)
-        except ImageInputError as error:
-            raise FileNotFoundError(f"cannot open training image {path}: {error} Re-run prepare-data.") from error
-        return resize_for_model(rgb, self.min_pixels, self.max_pixels)
+        # The scorer's loader: transparency, 16-bit and EXIF rotation handled exactly as at scoring time. The rows
+        # were checked before training; a file that changed since fails here with the loader's own message.
+        return resize_for_model(load_image(path), self.min_pixels, self.max_pixels)
 
 
 def with_answer_prefix(chat_template: str, prefix: str) -> str:

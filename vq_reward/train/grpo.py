@@ -21,6 +21,7 @@ Any field of `VQScriptArguments`, `GRPOConfig` or `ModelConfig` can be set in th
 (`--learning_rate 1e-6`); the command line wins.
 """
 
+import os
 import sys
 
 import torch
@@ -33,7 +34,7 @@ from vq_reward.train.config import VQScriptArguments
 from vq_reward.data.rows import SCORE_TASK
 from vq_reward.train.dataset import build_dataset, load_rows, with_answer_prefix
 from vq_reward.train.reward_registry import make_reward_funcs
-from vq_reward.train.trainer import RankGRPOTrainer, TimeLimitCallback
+from vq_reward.train.trainer import QualityGRPOTrainer, TimeLimitCallback
 
 
 require_trl()
@@ -47,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[VQScriptArguments, GRPOCo
     return parser.parse_args_and_config(args=argv)
 
 
-def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> RankGRPOTrainer:
+def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> QualityGRPOTrainer:
     """Train; returns the trainer (its `state.log_history` holds the logged metrics)."""
     script_args, training_args, model_args = parse_args(argv)
     model_path = model_args.model_name_or_path
@@ -70,11 +71,11 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
             raise RuntimeError(f"asked for {key}={value} but the processor uses {min_pixels}/{max_pixels}.")
 
     # Non-thinking fast path: the prompt ends with "<answer>" (q-insight: an empty <think> block and "<answer>\n"),
-    # exactly the prompt the scorer's readouts use. The checkpoint keeps the original template (RankGRPOTrainer._save).
+    # exactly the prompt the scorer's readouts use. The checkpoint keeps the original template (QualityGRPOTrainer._save).
     original_template = None
-    if script_args.answer_prefix:
+    if script_args.force_answer_prefix:
         original_template = processor.chat_template
-        processor.chat_template = with_answer_prefix(original_template, script_args.answer_prefix_text)
+        processor.chat_template = with_answer_prefix(original_template, script_args.answer_prefix)
     if script_args.digit_only:
         # Sample only "1".."5": every other token is suppressed (vLLM: allowed_token_ids does the same).
         digits = set(NumberTokens.of(processor.tokenizer).first)
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     if script_args.closed_set_sampling:
         # Rollouts drawn from the readouts' closed answer sets (vq_reward/train/closed_set.py says why it is exact).
         closed_set = ClosedSetSampler(
-            processor.tokenizer, script_args.answer_prefix_text, temperature=training_args.temperature
+            processor.tokenizer, script_args.answer_prefix, temperature=training_args.temperature
         )
 
     # Model: loaded here (not by TRL) so the vision tower can be frozen before the optimizer is built.
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
             raise ValueError(f"freeze_vision: {type(model).__name__} has no model.visual vision tower to freeze.")
         visual.requires_grad_(False)
 
-    # Data: one row per image; each device batch is drawn from one dataset by RankGRPOTrainer's sampler.
+    # Data: one row per image; each device batch is drawn from one dataset by QualityGRPOTrainer's sampler.
     train_rows = load_rows(script_args.train_files, script_args.max_train_samples)
     train_dataset = build_dataset(train_rows, script_args, min_pixels, max_pixels)
     eval_dataset = None
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         fidelity_scope=script_args.fidelity_scope,
         parse_failure=script_args.parse_failure,
         parse_fallback_to_text=script_args.parse_fallback_to_text,
-        answer_prefix=script_args.answer_prefix_text,
+        answer_prefix=script_args.answer_prefix,
         fidelity_eps=script_args.fidelity_eps,
         thinking=script_args.thinking,
         seed=training_args.seed,
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     callbacks = list(callbacks or [])
     if script_args.max_train_minutes is not None:
         callbacks.append(TimeLimitCallback(script_args.max_train_minutes))
-    trainer = RankGRPOTrainer(
+    trainer = QualityGRPOTrainer(
         model=model,
         reward_funcs=reward_funcs,
         args=training_args,
@@ -174,5 +175,18 @@ def _check_closed_set(closed_set: ClosedSetSampler, training_args: GRPOConfig, t
             )
 
 
+def run_command_line(argv: list[str]) -> int:
+    """`python -m vq_reward.train.grpo ...`: a failure is one line on stderr and exit code 1 (VQ_REWARD_DEBUG=1 shows
+    the traceback)."""
+    try:
+        main(argv)
+    except (ValueError, OSError, RuntimeError, ImportError, KeyError) as error:
+        if os.environ.get("VQ_REWARD_DEBUG"):
+            raise
+        print(f"vq_reward.train.grpo: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run_command_line(sys.argv[1:]))

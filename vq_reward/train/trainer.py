@@ -1,4 +1,5 @@
-"""`RankGRPOTrainer`: stock TRL `GRPOTrainer` plus only what TRL has no option for.
+"""`QualityGRPOTrainer`: stock TRL `GRPOTrainer` plus only what TRL has no option for (quality-model training:
+rank rewards, per-task Q-Insight rewards, closed-set rollouts).
 
 1. The train sampler (`_get_train_sampler`, the Trainer's hook): dataset-homogeneous device batches of whole
    groups (`DatasetHomogeneousSampler`), and a refusal of batch layouts that would split an image's rollouts.
@@ -32,7 +33,7 @@ from trl import GRPOTrainer  # noqa: E402
 from trl.models.utils import unwrap_model_for_generation  # noqa: E402
 
 
-class RankGRPOTrainer(GRPOTrainer):
+class QualityGRPOTrainer(GRPOTrainer):
     """GRPOTrainer for rank rewards over a device's batch of images.
 
     Args:
@@ -169,3 +170,7 @@ class TimeLimitCallback(TrainerCallback):
             control.should_training_stop = True
             control.should_save = args.save_strategy != "no"
         return control
+
+
+# The name of 0.1, when the trainer hosted rank rewards only.
+RankGRPOTrainer = QualityGRPOTrainer
