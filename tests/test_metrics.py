@@ -110,8 +110,8 @@ def _brute_force(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
     Same model and bounds, in standardised units. For a (centre, scale) the best offset and amplitude >= 0 are
     linear least squares, and the residual sum of squares is N * var(y) * (1 - r^2) with r = corr(curve, y) > 0
-    (no positive r: the flat fit, residual N * var(y)). So: maximise r over a fine grid, then polish the best few
-    grid points with Nelder-Mead.
+    (no positive r: the flat fit, residual N * var(y)). So: maximise r over a regular 81 x 25 grid, then polish
+    the best three grid points with Nelder-Mead.
     """
     u, v = (x - x.mean()) / x.std(), (y - y.mean()) / y.std()
     lower, upper = u.min() - metrics.LOGISTIC_CENTRE_MARGIN, u.max() + metrics.LOGISTIC_CENTRE_MARGIN
@@ -154,7 +154,7 @@ def test_logistic_fit_is_the_global_increasing_fit(kind, n):
     assert rss == pytest.approx(brute_rss, rel=1e-6)
     assert plcc_logistic(x, y) == pytest.approx(brute_plcc, abs=1e-5)
     if plcc(x, y) > 0:  # a straight line is a limit of the curve, so the fit never loses to it
-        assert plcc_logistic(x, y) >= plcc(x, y) - 1e-6
+        assert plcc_logistic(x, y) >= plcc(x, y) - 1e-8
 
 
 def test_an_inverted_predictor_is_not_turned_into_a_good_one():
@@ -180,8 +180,8 @@ def test_random_predictors_are_not_inflated(n, seeds):
         logistic = plcc_logistic(x, y)
         assert math.isnan(logistic) or logistic >= 0
         inflation.append((0.0 if math.isnan(logistic) else logistic) - abs(plcc(x, y)))
-    # Two extra parameters do fit some noise: over 200 seeds 0.022 at n=200 (0.018 on these), 0.014 at n=2000
-    # (0.019 on these); the unconstrained fit of before gave 0.075 and 0.023.
+    # Two extra parameters do fit some noise: 0.022 at n=200 over 200 seeds (0.018 on these), 0.014 at n=2000 over
+    # 40 (0.019 on these); the unconstrained fit of before gave 0.075 and 0.023.
     assert np.mean(inflation) < 0.025
 
 
