@@ -51,10 +51,34 @@ def test_eval_reads_a_raw_label_file(tiny_path, labelled, tmp_path):
 
 
 def test_raw_label_file_needs_images(labelled, capsys):
-    assert cli(["eval", "--labels", str(labelled / "images" / "labels.txt"), "--model", "tiny"]) == 2
+    assert cli(["eval", "--labels", str(labelled / "images" / "labels.txt"), "--model", "tiny"]) == 1
     assert "needs --images" in capsys.readouterr().err
 
 
 def test_undefined_figures_are_null_in_json(tmp_path):
     path = write_report({"datasets": {"A": {"n": 1, "srcc": float("nan")}}, "predictions": []}, tmp_path / "r.json")
     assert json.loads(path.read_text())["datasets"]["A"]["srcc"] is None
+
+
+def test_eval_reuses_the_scores_it_already_computed(tiny_path, labelled, tmp_path, capsys):
+    args = ["eval", "--labels", str(labelled / "images" / "labels.txt"), "--images", str(labelled / "images"),
+            "--model", str(tiny_path), "--output", str(tmp_path / "report.json")]  # fmt: skip
+    assert cli(args) == 0
+    first = json.loads((tmp_path / "report.json").read_text())
+    assert "40 new, 0 reused" in capsys.readouterr().err
+    assert (tmp_path / "report.scores.jsonl").is_file()
+    assert cli(args) == 0
+    assert "0 new, 40 reused" in capsys.readouterr().err
+    assert json.loads((tmp_path / "report.json").read_text())["datasets"] == first["datasets"]
+
+
+def test_eval_checks_its_dependencies_before_scoring(tiny_path, labelled, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "scipy" else find_spec(name, *a))
+    args = ["eval", "--labels", str(labelled / "images" / "labels.txt"), "--images", str(labelled / "images"),
+            "--model", str(tiny_path), "--output", str(tmp_path / "report.json")]  # fmt: skip
+    assert cli(args) == 1
+    assert "needs scipy: pip install 'vq-reward[eval]'" in capsys.readouterr().err
+    assert not (tmp_path / "report.scores.jsonl").exists()  # nothing was scored

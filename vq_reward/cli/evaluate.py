@@ -1,6 +1,7 @@
 """`vq-reward eval`: SRCC / PLCC / KRCC of a scorer against MOS labels, per dataset, with a JSON report and a plot."""
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -18,31 +19,57 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default 8)")
     evaluate.add_argument("--output", default=None, help="JSON report (default: print only)")
     evaluate.add_argument("--plot", default=None, help="scatter plot PNG of predictions against MOS")
+    evaluate.add_argument("--scores", default=None,
+                          help="resumable results file of the scores (default: next to --output, else "
+                          "LABELS.scores.jsonl); a rerun reuses every score already in it")  # fmt: skip
     evaluate.set_defaults(run=run_eval)
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    missing = [name for name in ("scipy",) + (("matplotlib",) if args.plot else ()) if importlib.util.find_spec(name) is None]
+    if missing:  # checked before any image is scored
+        raise ImportError(f"vq-reward eval needs {' and '.join(missing)}: pip install 'vq-reward[eval]'")
+    rows = _label_rows(args)
+    scores_path = Path(args.scores) if args.scores else _default_scores_path(args)
+
     from vq_reward.cli.options import load_scorer
-    from vq_reward.eval.report import evaluate, format_report, save_scatter, write_report
+    from vq_reward.data.results import ResultsFile, score_files
+    from vq_reward.eval.report import format_report, report_from_scores, save_scatter, write_report
+    from vq_reward.hub import canonical_name
 
-    if args.labels.endswith(".jsonl"):
-        from vq_reward.data.rows import read_jsonl
-
-        rows = read_jsonl(args.labels, required=("image", "mos"))
-    else:
-        if args.images is None:
-            print("a raw label file needs --images (the folder its image names are in)", file=sys.stderr)
-            return 2
-        name = args.dataset_name or Path(args.labels).stem
-        labels = read_labels(args, args.images)
-        rows = [{"image": str(Path(args.images) / r.image), "mos": r.mos, "dataset_name": name} for r in labels]
-        if args.lower_is_better:
-            rows = [{**row, "mos": -row["mos"]} for row in rows]
     scorer = load_scorer(args, args.batch_size)
-    report = evaluate(scorer, rows, batch_size=args.batch_size, model_name=args.model)
+    summary = score_files(scorer, [row["image"] for row in rows], scores_path, model_name=canonical_name(args.model))
+    print(f"scores in {scores_path}: {summary.scored} new, {summary.skipped} reused, {summary.errors} failed",
+          file=sys.stderr)  # fmt: skip
+    for reason in summary.first_errors:
+        print(f"  error: {reason}", file=sys.stderr)
+    with ResultsFile(scores_path) as results:
+        by_path = results.scores()
+    scores = [by_path.get(os.path.realpath(row["image"])) for row in rows]
+    report = report_from_scores(rows, scores, model_name=args.model)
     print(format_report(report))
     if args.output:
         write_report(report, args.output)
     if args.plot:
         save_scatter(report, args.plot)
     return 0
+
+
+def _label_rows(args: argparse.Namespace) -> list[dict]:
+    if args.labels.endswith(".jsonl"):
+        from vq_reward.data.rows import read_jsonl
+
+        return read_jsonl(args.labels, required=("image", "mos"))
+    if args.images is None:
+        raise ValueError("a raw label file needs --images (the folder its image names are in)")
+    name = args.dataset_name or Path(args.labels).stem
+    labels = read_labels(args, args.images)
+    sign = -1.0 if args.lower_is_better else 1.0
+    return [{"image": str(Path(args.images) / r.image), "mos": sign * r.mos, "dataset_name": name} for r in labels]
+
+
+def _default_scores_path(args: argparse.Namespace) -> Path:
+    base = Path(args.output) if args.output else Path(args.labels)
+    return base.with_name(base.stem + ".scores.jsonl")

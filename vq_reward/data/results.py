@@ -139,6 +139,10 @@ class ResultsFile:
                 answered.add(line["path"])
         return answered
 
+    def scores(self) -> dict[str, float]:
+        """The score of every path the file holds one for (the latest line of a path wins)."""
+        return {line["path"]: line["score"] for line in self._lines if line.get("score") is not None}
+
     def append(self, lines: list[dict]) -> None:
         """Append result lines and sync them to disk."""
         self._write(lines)

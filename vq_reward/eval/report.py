@@ -21,24 +21,34 @@ from vq_reward.eval.metrics import correlations
 
 
 def evaluate(scorer, rows: Sequence[dict], batch_size: int = 8, model_name: str | None = None) -> dict:
-    """Score every row's image and compute the correlations per dataset.
-
-    Returns:
-        `{"model", "datasets": {name: {"n", "srcc", "plcc", "plcc_logistic", "krcc"}}, "predictions": [...]}`, where
-        each prediction is `{"image", "dataset_name", "mos", "score"}`. Undefined figures are `None` in JSON.
-    """
+    """Score every row's image and compute the correlations per dataset (see `report_from_scores`)."""
     if not rows:
         raise ValueError("nothing to evaluate: the label rows are empty.")
     scores = scorer.score([row["image"] for row in rows], batch_size=batch_size).tolist()
+    return report_from_scores(rows, scores, model_name)
+
+
+def report_from_scores(rows: Sequence[dict], scores: Sequence[float | None], model_name: str | None = None) -> dict:
+    """The correlations per dataset of rows whose scores are known (`None`: an image that could not be scored).
+
+    Returns:
+        `{"model", "datasets": {name: {"n", "srcc", "plcc", "plcc_logistic", "krcc"}}, "predictions": [...],
+        "unscored": N}`, where each prediction is `{"image", "dataset_name", "mos", "score"}`. Undefined figures
+        are `None` in JSON.
+    """
     predictions = [
         {"image": row["image"], "dataset_name": row.get("dataset_name", "all"), "mos": row["mos"], "score": score}
         for row, score in zip(rows, scores, strict=True)
+        if score is not None
     ]
+    if not predictions:
+        raise ValueError("no image could be scored, so there is nothing to correlate; see the errors above.")
     datasets: dict[str, dict] = {}
     for name in sorted({p["dataset_name"] for p in predictions}):
         members = [p for p in predictions if p["dataset_name"] == name]
         datasets[name] = correlations([p["score"] for p in members], [p["mos"] for p in members])
-    return {"model": model_name, "datasets": datasets, "predictions": predictions}
+    return {"model": model_name, "datasets": datasets, "predictions": predictions,
+            "unscored": len(rows) - len(predictions)}  # fmt: skip
 
 
 def format_report(report: dict) -> str:
