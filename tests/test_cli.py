@@ -90,7 +90,7 @@ def test_another_run_is_refused_and_nothing_is_mixed(folder, tmp_path, tiny_path
     out = tmp_path / "results.jsonl"
     score(folder, out, tiny_path)
     before = out.read_bytes()
-    for extra, changed in [(["--max-pixels", "6272"], "max_pixels"), (["--readout", "number"], "readout"),
+    for extra, changed in [(["--max-pixels", "6272"], "max_pixels"), (["--readout", "first-digit"], "readout"),
                            (["--thinking", "--max-new-tokens", "2"], "mode")]:  # fmt: skip
         assert score(folder, out, tiny_path, *extra) == 1
         err = capsys.readouterr().err

@@ -117,8 +117,10 @@ def test_gradient_reaches_the_pixels_and_not_the_weights(scorer):
     assert first[1].abs().max() == 0 and first[0].abs().max() > 0
 
 
+@pytest.mark.parametrize("readout", ["number", "first-digit"])
 @pytest.mark.parametrize("shape", [(1, 3, 56, 84), (1, 3, 50, 70)], ids=["identity-resize", "through-resize"])
-def test_gradient_agrees_with_a_finite_difference(scorer64, shape):
+def test_gradient_agrees_with_a_finite_difference(scorer64, shape, readout, monkeypatch):
+    monkeypatch.setattr(scorer64, "readout", readout)  # the gradient of the expected number, or of the first digit
     generator = torch.Generator().manual_seed(0)
     # Pixels away from 0 and 1: the range clamp has a kink there that a central difference would straddle.
     pixels = (0.1 + 0.8 * torch.rand(shape, generator=generator, dtype=torch.float64)).requires_grad_(True)

@@ -21,9 +21,13 @@ def test_score_shape_range_and_attributes(scorer):
 
 
 def test_details_are_a_distribution_and_its_expectation(scorer):
-    details = scorer.score_details([noise_image(64, 64, seed=s) for s in range(3)])
+    details = scorer.score_details([noise_image(64, 64, seed=s) for s in range(3)], readout="first-digit")
     assert torch.allclose(details.probs.sum(-1), torch.ones(3))
     assert torch.allclose(details.scores, details.probs @ torch.arange(1.0, 6.0))
+    assert details.readout == "first-digit" and details.dot_mass is None
+    default = scorer.score_details([noise_image(64, 64, seed=s) for s in range(3)])
+    assert default.readout == "number" and torch.allclose(default.probs, details.probs, atol=1e-6)  # same first digit
+    assert ((default.std > 0) & (default.std < 2)).all() and default.dot_mass.shape == (3, 4)
     assert ((details.digit_mass > 0) & (details.digit_mass < 1)).all()  # random weights: mass spread over the vocab
 
 
@@ -38,7 +42,7 @@ def test_single_token_readout_matches_a_manual_forward(scorer):
         logits = scorer.model(**inputs).logits[0, -1]
     digits = scorer.processor.tokenizer.convert_tokens_to_ids(list("12345"))
     expected = (logits[digits].softmax(-1) * torch.arange(1.0, 6.0)).sum()
-    assert scorer.score(image).item() == pytest.approx(expected.item(), abs=1e-5)
+    assert scorer.score(image, readout="first-digit").item() == pytest.approx(expected.item(), abs=1e-5)
 
 
 def test_batch_invariance_across_sizes(scorer):

@@ -116,8 +116,9 @@ class VisualQualityScorer:
             its official training).
         answer_prefix: text forced after the assistant turn starts, so the next token is the score's first digit;
             `None` keeps the style's.
-        readout: "first-digit" (default): expectation over the first digit "1".."5"; "number": the exact expected
-            value of the two-decimal answer (`vq_reward.readout`). `score(..., readout=...)` overrides it per call.
+        readout: "number" (default): the exact expected value of the model's two-decimal answer, read in the same
+            single forward; "first-digit": the expectation over the first digit "1".."5" alone, the cheapest read
+            (`vq_reward.readout`). `score(..., readout=...)` overrides it per call.
         batch_size: images per forward pass, unless a call says otherwise.
         add_vision_id: label images "Picture 1: " (the official README does, the official training does not).
         max_input_pixels: larger inputs are refused before decoding (decompression-bomb guard).
@@ -142,7 +143,7 @@ class VisualQualityScorer:
         question: str | None = None,
         system: str | None = None,
         answer_prefix: str | None = None,
-        readout: Literal["number", "first-digit"] = "first-digit",
+        readout: Literal["number", "first-digit"] = "number",
         batch_size: int = 8,
         add_vision_id: bool = False,
         max_input_pixels: int = MAX_INPUT_PIXELS,
