@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import CROP, HELD_OUT_PHOTOS, REPO, distorted_crops, make_crops, sample_photos
 from transformers import TrainerCallback
 
-from common import CROP, HELD_OUT_PHOTOS, REPO, distorted_crops, make_crops, sample_photos
 from vq_reward import VisualQualityScorer
 from vq_reward.data.distortions import DISTORTIONS
 from vq_reward.data.rows import write_jsonl
@@ -73,7 +73,7 @@ class CurveCallback(TrainerCallback):
         now = time.monotonic()
         if now - self.last >= self.seconds or control.should_training_stop:
             self.last = now
-            scorer = VisualQualityScorer(copy.deepcopy(model), self.processor)  # the copy is frozen, not the policy
+            scorer = VisualQualityScorer(copy.deepcopy(model).requires_grad_(False), self.processor)  # a frozen copy
             point = {"step": state.global_step, "minutes": (now - self.start) / 60, **held_out_srcc(scorer, self.rows)}
             self.points.append(point)
             print(f"[curve] step {point['step']} {point['minutes']:.1f} min: held-out SRCC {point['all']:.3f}")
@@ -87,9 +87,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-crops", type=int, default=12, help="crops per training photo")
     parser.add_argument("--curve-every", type=float, default=60.0, help="seconds between held-out evaluations")
     parser.add_argument("--max-steps", type=int, default=0, help="0: constant lr until --minutes (the recipe); N: "
-                        "cosine decay to 0 over N steps (about 800 fit in 20 min on 2 cores)")  # fmt: skip
-    parser.add_argument("--held-out-crops", type=int, nargs=2, default=[4, 3], metavar=("UNSEEN", "RIGHT"),
-                        help="crops per held-out photo, and right-half crops per training photo")
+                        "cosine decay to 0 over N steps")  # fmt: skip
+    parser.add_argument(
+        "--held-out-crops",
+        type=int,
+        nargs=2,
+        default=[4, 3],
+        metavar=("UNSEEN", "RIGHT"),
+        help="crops per held-out photo, and right-half crops per training photo",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="1 crop per photo, darken and blur, 2 steps (tests)")
     args = parser.parse_args(argv)
@@ -113,8 +119,10 @@ def main(argv: list[str] | None = None) -> dict:
     train_rows = score_rows(train_crops, out / "data" / "train", kinds)
     held_rows = score_rows(held_crops, out / "data" / "held_out", kinds)
     write_jsonl(train_rows, out / "data" / "train.jsonl")
-    print(f"{len(train_rows)} training images, {len(held_rows)} held-out images ({', '.join(kinds)}; {CROP}x{CROP} "
-          "crops)")
+    print(
+        f"{len(train_rows)} training images, {len(held_rows)} held-out images ({', '.join(kinds)}; {CROP}x{CROP} "
+        "crops)"
+    )
 
     # Before: the random checkpoint.
     checkpoint = tiny_checkpoint()

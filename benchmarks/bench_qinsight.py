@@ -44,9 +44,9 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from common import CROP, HELD_OUT_PHOTOS, REPO, distorted_crops, make_crops, sample_photos
 from transformers import TrainerCallback
 
-from common import CROP, HELD_OUT_PHOTOS, REPO, distorted_crops, make_crops, sample_photos
 from vq_reward import VisualQualityScorer
 from vq_reward.data.distortions import CLEAN_CLASS, DISTORTIONS
 from vq_reward.data.rows import write_jsonl
@@ -113,7 +113,7 @@ class CurveCallback(TrainerCallback):
         if state.global_step % self.steps or state.global_step == state.max_steps:  # the last is read as "after"
             return
         began = time.monotonic()
-        scorer = VisualQualityScorer(copy.deepcopy(model), self.processor)
+        scorer = VisualQualityScorer(copy.deepcopy(model).requires_grad_(False), self.processor)  # a frozen copy
         point = {"step": state.global_step, "train_minutes": (began - self.start - self.eval_seconds) / 60,
                  **held_out_accuracy(scorer, self.rows)}  # fmt: skip
         self.eval_seconds += time.monotonic() - began
@@ -131,8 +131,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--curve-every", type=int, default=100, help="steps between held-out evaluations")
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--beta", type=float, default=0.05)
-    parser.add_argument("--held-out-crops", type=int, nargs=2, default=[3, 1], metavar=("UNSEEN", "RIGHT"),
-                        help="crops per held-out photo, and right-half crops per training photo")
+    parser.add_argument(
+        "--held-out-crops",
+        type=int,
+        nargs=2,
+        default=[3, 1],
+        metavar=("UNSEEN", "RIGHT"),
+        help="crops per held-out photo, and right-half crops per training photo",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="1 crop per photo, 2 steps (tests)")
     args = parser.parse_args(argv)

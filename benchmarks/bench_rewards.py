@@ -45,11 +45,11 @@ import time
 from dataclasses import dataclass
 
 import torch
+from common import Timing, as_tensor, markdown_table, synthetic_images, time_repeats
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor
 
-from common import Timing, as_tensor, markdown_table, synthetic_images, time_repeats
 from vq_reward.images import resize_for_model
 from vq_reward.rewards.pixels import QwenImageLayout, pixel_inputs
 
@@ -62,7 +62,9 @@ CHECKPOINT_MAX_PIXELS = 12845056
 # -- preprocessing and adapter tables ------------------------------------------------------------------------------
 
 
-def bench_preprocessing(num_images: int = 32, repeats: int = 5, size: tuple[int, int] = (512, 384)) -> dict[str, Timing]:
+def bench_preprocessing(
+    num_images: int = 32, repeats: int = 5, size: tuple[int, int] = (512, 384)
+) -> dict[str, Timing]:
     """HF processor vs `vq_reward.rewards.pixels.pixel_inputs` on `num_images` synthetic images, on CPU."""
     pil = synthetic_images(num_images, *size)
     tensor = as_tensor(pil)
@@ -173,7 +175,10 @@ SIZES = {
     "7B": (TextWidths(3584, 18944, 28, 4, 28, 152064, tied=False), VisionWidths()),
 }
 # Narrow stand-ins with the same structure, for --quick: fast enough to compute the products for real.
-QUICK_SIZE = (TextWidths(64, 128, 2, 1, 4, 1024, tied=False, mrope_section=(4, 6, 6)), VisionWidths(64, 128, 2, 4, (1, 3)))
+QUICK_SIZE = (
+    TextWidths(64, 128, 2, 1, 4, 1024, tied=False, mrope_section=(4, 6, 6)),
+    VisionWidths(64, 128, 2, 4, (1, 3)),
+)
 QUICK_SIDE = 112
 READOUT_NAMES = ("first-digit", "number")
 # Depth configurations: (text layers, indexes of the global vision blocks among `vision blocks`).
@@ -236,7 +241,9 @@ def activation_memory(
     from vq_reward.scorer import VisualQualityScorer, load_processor
 
     text, vision = QUICK_SIZE if size == "quick" else SIZES[size]
-    processor = load_processor(str(tiny_checkpoint()), min_pixels=CHECKPOINT_MIN_PIXELS, max_pixels=CHECKPOINT_MAX_PIXELS)
+    processor = load_processor(
+        str(tiny_checkpoint()), min_pixels=CHECKPOINT_MIN_PIXELS, max_pixels=CHECKPOINT_MAX_PIXELS
+    )
     saved: dict[tuple[str, str, bool], float] = {}
     for depth, (text_layers, vision_blocks, global_blocks) in _DEPTHS.items():
         model = _random_qwen(processor, text, vision, text_layers, vision_blocks, global_blocks, zeros=size != "quick")
@@ -260,7 +267,9 @@ def activation_memory(
             text_layer, window_block, global_block = deeper - base, window - base, both_global - base
             rest = base - text_layer - global_block
             globals_ = len(vision.global_blocks)
-            total = text.layers * text_layer + (vision.blocks - globals_) * window_block + globals_ * global_block + rest
+            total = (
+                text.layers * text_layer + (vision.blocks - globals_) * window_block + globals_ * global_block + rest
+            )
             rows.append(MemoryRow(size, readout, checkpointing, text_layer, window_block, global_block, rest, total))
     return rows
 
@@ -269,11 +278,12 @@ def format_memory(rows: list[MemoryRow], side: int = 504) -> str:
     """The memory table, then one line per size and checkpointing: the number readout's extra over first-digit."""
     header = ["size", "readout", "checkpointing", "MiB / text layer", "MiB / windowed vision block",
               "MiB / global vision block", "MiB rest", "GiB total"]  # fmt: skip
-    table = markdown_table(header, [
-        [row.size, row.readout, "yes" if row.checkpointing else "no", f"{row.text_layer:.2f}", f"{row.window_block:.2f}",
-         f"{row.global_block:.2f}", f"{row.rest:.1f}", f"{row.total / 1024:.3f}"]
+    cells = [
+        [row.size, row.readout, "yes" if row.checkpointing else "no", f"{row.text_layer:.2f}",
+         f"{row.window_block:.2f}", f"{row.global_block:.2f}", f"{row.rest:.1f}", f"{row.total / 1024:.3f}"]
         for row in rows
-    ], align="lllrrrrr")  # fmt: skip
+    ]  # fmt: skip
+    table = markdown_table(header, cells, align="lllrrrrr")
     lines = [table, ""]
     by_key = {(row.size, row.readout, row.checkpointing): row for row in rows}
     for row in rows:
@@ -368,13 +378,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--num-images", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--activation-memory", action="store_true", help="the activation-memory count (not the tables)")
+    parser.add_argument(
+        "--activation-memory", action="store_true", help="the activation-memory count (not the tables)"
+    )
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--side", type=int, default=504, help="image side for the activation-memory count")
     parser.add_argument("--real-products", action="store_true", help="compute the matrix products (slow on CPU)")
     parser.add_argument("--check", action="store_true", help="count every case both ways, raise if they differ")
-    parser.add_argument("--quick", action="store_true", help="tables on 2 images, 1 repeat, then the count on narrow "
-                        "models (hidden 64) and a 112x112 image (tests)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tables on 2 images, 1 repeat, then the count on narrow models (hidden 64) and a 112x112 image (tests)",
+    )
     args = parser.parse_args(argv)
     result: dict = {}
     if args.quick:

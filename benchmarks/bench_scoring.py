@@ -32,9 +32,9 @@ import sys
 from dataclasses import dataclass
 
 import torch
+from common import PeakMemory, Timing, markdown_table, run_in_fresh_process, synthetic_images, time_repeats
 from PIL import Image
 
-from common import PeakMemory, Timing, markdown_table, run_in_fresh_process, synthetic_images, time_repeats
 from vq_reward import prompts
 
 
@@ -75,7 +75,11 @@ def measure_cell(
 
     with PeakMemory(scorer.device) as memory:
         timing = time_repeats(
-            lambda: run(images), repeats, items=num_images, warmup=lambda: run(images[:batch_size]), device=scorer.device
+            lambda: run(images),
+            repeats,
+            items=num_images,
+            warmup=lambda: run(images[:batch_size]),
+            device=scorer.device,
         )
     return Cell(path, batch_size, timing, memory.peak_mib)
 
@@ -123,7 +127,11 @@ def run_bench(
     """Every (path, batch size) cell, each in its own spawned process unless `fresh_process=False` (then one loaded
     model serves every cell)."""
     cells = []
-    scorer = None if fresh_process else load_scorer(model, cell_kwargs.get("device", "cpu"), cell_kwargs.get("dtype", "auto"))
+    scorer = (
+        None
+        if fresh_process
+        else load_scorer(model, cell_kwargs.get("device", "cpu"), cell_kwargs.get("dtype", "auto"))
+    )
     for batch_size in batch_sizes:
         for path in paths:
             if fresh_process:
@@ -180,9 +188,10 @@ def main(argv: list[str] | None = None) -> list[Cell]:
     if args.quick:
         args.batch_sizes, args.num_images, args.size, args.repeats = [1, 2], 4, [112, 84], 1
         args.answer_tokens, args.in_process = 2, True
+    threads = f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
     print(f"model {args.model} on {args.device} (dtype {args.dtype}), {args.num_images} images of "
-          f"{args.size[0]}x{args.size[1]}, {args.repeats} repeats, {args.answer_tokens} generated tokens, "
-          f"torch threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}", flush=True)  # fmt: skip
+          f"{args.size[0]}x{args.size[1]}, {args.repeats} repeats, {args.answer_tokens} generated tokens, {threads}",
+          flush=True)  # fmt: skip
     cells = run_bench(
         args.model, tuple(args.batch_sizes), fresh_process=not args.in_process, num_images=args.num_images,
         size=tuple(args.size), repeats=args.repeats, device=args.device, dtype=args.dtype,

@@ -73,7 +73,7 @@ class Timing:
         return self.items / max(self.seconds), self.items / min(self.seconds)
 
     def rate_text(self, digits: int = 1) -> str:
-        """"median (slowest-fastest)", e.g. "41.2 (38.0-42.5)"; just the median for a single repeat."""
+        """ "median (slowest-fastest)", e.g. "41.2 (38.0-42.5)"; just the median for a single repeat."""
         if len(self.seconds) == 1:
             return f"{self.rate:.{digits}f}"
         low, high = self.rate_range
@@ -83,7 +83,8 @@ class Timing:
         """Median milliseconds per repeat, with the fastest-slowest range."""
         if len(self.seconds) == 1:
             return f"{self.median * 1e3:.{digits}f}"
-        return f"{self.median * 1e3:.{digits}f} ({min(self.seconds) * 1e3:.{digits}f}-{max(self.seconds) * 1e3:.{digits}f})"
+        fastest, slowest = min(self.seconds) * 1e3, max(self.seconds) * 1e3
+        return f"{self.median * 1e3:.{digits}f} ({fastest:.{digits}f}-{slowest:.{digits}f})"
 
 
 def time_repeats(
