@@ -148,7 +148,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, tiny_path):
     for i in range(24):
         noise_image(56 + i, 56, seed=i).save(images / f"{i:02d}.png")
     out = tmp_path / "results.jsonl"
-    # A real kill -9 at a fixed moment: halfway through writing the second chunk of lines.
+    # A real kill -9 at a fixed moment: ten bytes into the second line of the second chunk.
     code = (
         "import json, os, signal, sys\n"
         "from vq_reward.data import results\n"
@@ -157,7 +157,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, tiny_path):
         "    calls.append(1)\n"
         "    if len(calls) == 3:\n"
         "        text = ''.join(json.dumps(line) + '\\n' for line in lines).encode('ascii')\n"
-        "        self._file.write(text[: len(text) // 2]); self._file.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
+        "        self._file.write(text[: text.index(b'\\n') + 10]); self._file.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
         "    write(self, lines)\n"
         "results.ResultsFile._write = write_then_die\n"
         "from vq_reward.cli import main\n"

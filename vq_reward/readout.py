@@ -36,6 +36,21 @@ READOUTS = ("number", "first-digit")
 # -- prompt text and token inputs ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Request:
+    """What one batch asks the model, in both forms a backend may need.
+
+    Attributes:
+        messages: the chat (system and user turns, one `{"type": "image"}` per image), for chat APIs.
+        text: the same chat rendered by the processor's template with the assistant turn opened.
+        answer_prefix: text forced at the start of the answer ("" when the model writes its whole answer).
+    """
+
+    messages: list[dict]
+    text: str
+    answer_prefix: str = ""
+
+
 def chat_text(processor: ProcessorMixin, messages: list[dict], add_vision_id: bool = False) -> str:
     """The chat-templated prompt with the assistant turn opened (`add_generation_prompt=True`)."""
     return processor.apply_chat_template(

@@ -27,16 +27,9 @@ from vq_reward import devices, prompts, qinsight
 from vq_reward.hub import resolve_model
 from vq_reward.images import MAX_INPUT_PIXELS, ImageSource, Images, check_input_range, image_sources, resize_for_model
 from vq_reward.parsing import parse_answer
-from vq_reward.readout import (
-    FIRST_DIGITS,
-    READOUTS,
-    NumberTokens,
-    ScoreDetails,
-    chat_text,
-    generate_texts,
-    model_inputs,
-    read_scores,
-)
+from vq_reward.backends import Backend
+from vq_reward.backends.hf import HFBackend
+from vq_reward.readout import FIRST_DIGITS, READOUTS, NumberTokens, Request, ScoreDetails, chat_text
 
 
 if TYPE_CHECKING:
@@ -136,7 +129,7 @@ class VisualQualityScorer:
 
     def __init__(
         self,
-        model: PreTrainedModel,
+        model: PreTrainedModel | Backend,
         processor: ProcessorMixin,
         *,
         prompt_style: Literal["visualquality-r1", "q-insight"] = "visualquality-r1",
@@ -153,13 +146,15 @@ class VisualQualityScorer:
             raise ValueError(f"prompt_style must be one of {sorted(prompts.STYLES)}, got {prompt_style!r}.")
         _check_readout(readout)
         _check_batch_size(batch_size)
-        if any(parameter.requires_grad for parameter in model.parameters()):
-            warnings.warn(
-                "VisualQualityScorer froze the model you passed (requires_grad_(False)) and put it in eval mode; pass "
-                "copy.deepcopy(model) to keep yours trainable.",
-                stacklevel=2,
-            )
-        self.model = model.eval().requires_grad_(False)
+        if isinstance(model, torch.nn.Module):
+            if any(parameter.requires_grad for parameter in model.parameters()):
+                warnings.warn(
+                    "VisualQualityScorer froze the model you passed (requires_grad_(False)) and put it in eval mode; "
+                    "pass copy.deepcopy(model) to keep yours trainable.",
+                    stacklevel=2,
+                )
+            model = HFBackend(model.eval().requires_grad_(False), processor)
+        self.backend: Backend = model
         self.processor = processor
         style = prompts.STYLES[prompt_style]
         self.prompt_style = prompt_style
@@ -230,8 +225,18 @@ class VisualQualityScorer:
         return scorer
 
     @property
+    def model(self) -> PreTrainedModel:
+        """The in-process HF model (the "hf" backend only: vLLM's engine and servers hold theirs elsewhere)."""
+        if not isinstance(self.backend, HFBackend):
+            raise TypeError(
+                f"this scorer runs on the {self.backend.name} backend, which has no in-process model; the "
+                "differentiable reward, the Q-Insight readouts and device moves need from_pretrained(..., backend='hf')."
+            )
+        return self.backend.model
+
+    @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return self.backend.device if isinstance(self.backend, HFBackend) else torch.device("cpu")
 
     @property
     def min_pixels(self) -> int:
@@ -275,6 +280,12 @@ class VisualQualityScorer:
     def readout_prompt(self) -> str:
         """The text the score readouts read after: the non-thinking prompt plus the forced answer prefix."""
         return self.prompt(thinking=False) + self.answer_prefix
+
+    def request(self, thinking: bool = False, forced: bool = True) -> Request:
+        """What a batch asks the model: the chat, its rendered text, and (with `forced`) the answer prefix."""
+        text = prompts.STYLES[self.prompt_style].user_text(self.question, thinking)
+        messages = prompts.image_message(text, self.system)
+        return Request(messages=messages, text=self.prompt(thinking), answer_prefix=self.answer_prefix if forced else "")
 
     def prepare(self, images: Images, input_range: tuple[float, float] = (0.0, 1.0)) -> list[Image.Image]:
         """The canonical form of `images`: RGB PIL images at the size the model sees (see `vq_reward.images`)."""
@@ -321,13 +332,12 @@ class VisualQualityScorer:
         name = readout if readout is not None else self.readout
         _check_readout(name)
         sources = self._sources(images, input_range)
+        request = self.request(thinking=False)
         parts: list[tuple[list[int], ScoreDetails]] = []
         for indices in self._size_sorted_batches(sources, batch_size):
             batch = [self._resized(sources[i]) for i in indices]  # decoded one batch at a time
-            with self.lock, torch.inference_mode():
-                inputs = model_inputs(self.processor, [self.readout_prompt()] * len(batch), batch)
-                details = read_scores(self.model, inputs.to(self.device), self.tokens, name)
-            parts.append((indices, details))
+            with self.lock:
+                parts.append((indices, self.backend.read_scores(request, batch, self.tokens, name)))
         return _in_input_order(parts, len(sources), name)
 
     def generate(
@@ -356,12 +366,12 @@ class VisualQualityScorer:
         settings = self.generation_settings(thinking, do_sample=do_sample, temperature=temperature, top_k=top_k,
                                             top_p=top_p, max_new_tokens=max_new_tokens)  # fmt: skip
         sources = self._sources(images, input_range)
+        request = self.request(thinking, forced=False)
         texts = [""] * len(sources)
         for indices in self._size_sorted_batches(sources, batch_size):
             batch = [self._resized(sources[i]) for i in indices]
-            with self.lock, torch.inference_mode():
-                inputs = model_inputs(self.processor, [self.prompt(thinking)] * len(batch), batch)
-                generated = generate_texts(self.model, self.processor, inputs.to(self.device), settings)
+            with self.lock:
+                generated = self.backend.generate(request, batch, settings)
             for i, text in zip(indices, generated, strict=True):
                 texts[i] = text
         return [Rating.from_text(text) for text in texts]

@@ -54,7 +54,7 @@ def run_identity(scorer: VisualQualityScorer, model_name: str, thinking: bool, g
     """What a results file records about the run that produced it; a rerun must match it to append."""
     return {
         "model": model_name,
-        "weights": weights_fingerprint(scorer.model),
+        "weights": scorer.backend.fingerprint(),
         "min_pixels": scorer.min_pixels,
         "max_pixels": scorer.max_pixels,
         "prompt": _digest(scorer.prompt(thinking) + ("" if thinking else scorer.answer_prefix)),
@@ -63,18 +63,6 @@ def run_identity(scorer: VisualQualityScorer, model_name: str, thinking: bool, g
         "exif_transpose": scorer.exif_transpose,
         "generate": dict(sorted((generate_kwargs or {}).items())) if thinking else None,
     }
-
-
-def weights_fingerprint(model: torch.nn.Module, samples: int = 4096) -> str:
-    """A short hash of the loaded weights: every tensor's name, shape, dtype and a strided sample of its values."""
-    digest = hashlib.sha256()
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            flat = tensor.detach().reshape(-1)
-            step = max(1, flat.numel() // samples)
-            digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-            digest.update(flat[::step].float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 class ResultsFile:
@@ -235,6 +223,8 @@ def _score_chunk(
             # Every digit of the float32 value: a rerun that gets the same bits writes the same line.
             lines[path] = {"path": path, "score": details.scores[i].item(), "std": details.std[i].item(),
                            "digit_mass": details.digit_mass[i].item(), "probs": details.probs[i].tolist()}  # fmt: skip
+            if details.dot_mass is not None:
+                lines[path]["dot_mass"] = details.dot_mass[i].tolist()
     return [lines[path] for path in paths]
 
 
