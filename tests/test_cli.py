@@ -142,6 +142,7 @@ def test_every_file_name_round_trips(tmp_path, tiny_path):
     assert all("score" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, tiny_path):
     images = tmp_path / "many"
     images.mkdir()

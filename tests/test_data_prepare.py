@@ -56,6 +56,7 @@ def test_split_by_reference_is_official_sized_deterministic_and_leak_free():
         split_references(references, (0.5, 0.2, 0.2))
 
 
+@pytest.mark.slow
 def test_official_kadid_split_gives_the_official_counts(tmp_path):
     labels, images = _kadid_folder(tmp_path, per_reference=125)
     rows, _ = read_label_file(labels, LAYOUTS["kadid10k"], images_dir=images)

@@ -30,6 +30,7 @@ def test_score_folder_ranks_the_sample_photos(tiny_path):
     assert scores == sorted(scores, reverse=True) and all(1 <= score <= 5 for score in scores)
 
 
+@pytest.mark.slow
 def test_ddpo_policy_gradient_updates_the_unet(tiny_path):
     history = load_example("ddpo_policy_gradient").main(
         ["--model", str(tiny_path), "--steps", "2", "--batch-size", "2"]

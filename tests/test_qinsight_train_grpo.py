@@ -141,6 +141,7 @@ def test_mixed_tasks_train_with_closed_set_rollouts(tiny_path, mixed_file, tmp_p
     assert after.degradation(image)[0].class_probs != before.degradation(image)[0].class_probs
 
 
+@pytest.mark.slow
 def test_official_free_generation_path_runs_on_mixed_rows(tiny_path, mixed_file, tmp_path):
     names = ["score_threshold", "degradation", "qinsight_format", "comparison", "comparison_format"]
     trainer = train(_args(tiny_path, mixed_file, tmp_path / "run", "--thinking", "true", "--force_answer_prefix", "false",

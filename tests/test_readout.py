@@ -110,13 +110,13 @@ def brute_force_number(scorer, image) -> tuple[float, float]:
 
 
 def test_the_number_readout_is_the_exact_expected_answer(scorer):
-    images = scorer.prepare([noise_image(w, h, seed=10 + i) for i, (w, h) in enumerate(SIZES[:2])])
+    images = scorer.prepare([noise_image(w, h, seed=10 + i) for i, (w, h) in enumerate(SIZES[:1])])
     details = scorer.score_details(images, readout="number")
     for index, image in enumerate(images):
         mean, std = brute_force_number(scorer, image)
         assert details.scores[index].item() == pytest.approx(mean, abs=1e-5)
         assert details.std[index].item() == pytest.approx(std, abs=1e-5)
-    assert details.dot_mass.shape == (2, 4) and ((details.dot_mass > 0) & (details.dot_mass < 1)).all()
+    assert details.dot_mass.shape == (1, 4) and ((details.dot_mass > 0) & (details.dot_mass < 1)).all()
 
 
 def test_first_digit_is_today_s_single_token_readout(scorer):
@@ -130,6 +130,7 @@ def test_first_digit_is_today_s_single_token_readout(scorer):
     assert details.scores.item() == pytest.approx(expected.item(), abs=1e-6) and details.dot_mass is None
 
 
+@pytest.mark.slow
 def test_q_insight_number_readout_after_its_json_prefix(tiny_path):
     scorer = VisualQualityScorer.from_pretrained(tiny_path, prompt_style="q-insight", readout="number")
     assert scorer.readout_prompt().endswith('<answer>\n{"rating": ')

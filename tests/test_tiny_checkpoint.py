@@ -2,12 +2,21 @@ import filecmp
 import subprocess
 import sys
 
+import pytest
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from vq_reward.prompts import image_message
 from vq_reward.smoke import build_tiny_checkpoint
 
 
+def test_byte_identical_across_builds(tiny_path, tmp_path):
+    again = build_tiny_checkpoint(tmp_path / "again")
+    files = sorted(p.name for p in tiny_path.iterdir())
+    match, mismatch, errors = filecmp.cmpfiles(tiny_path, again, files, shallow=False)
+    assert mismatch == [] and errors == [] and len(match) == len(files)
+
+
+@pytest.mark.slow
 def test_byte_identical_across_builds_and_processes(tiny_path, tmp_path):
     again = build_tiny_checkpoint(tmp_path / "again")
     code = "import sys; from vq_reward.smoke import build_tiny_checkpoint as b; b(sys.argv[1])"

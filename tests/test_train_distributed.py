@@ -42,6 +42,7 @@ def _args(tiny_path, files, out, *extra) -> list[str]:
             "--fidelity_scope", "global", "--dataloader_num_workers", "0", *extra]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_global_scope_sees_every_rollout_and_batches_stay_in_one_dataset(tiny_path, two_datasets, tmp_path):
     result = _torchrun(tmp_path, _args(tiny_path, two_datasets, tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -60,6 +61,7 @@ def test_global_scope_sees_every_rollout_and_batches_stay_in_one_dataset(tiny_pa
     assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-12)  # DDP kept the ranks in sync
 
 
+@pytest.mark.slow
 def test_per_device_layout_that_splits_groups_is_refused(tiny_path, two_datasets, tmp_path):
     # TRL accepts 2 x 6 = 12 completions for G=4 globally, but each device would hold 1.5 images.
     result = _torchrun(tmp_path, _args(tiny_path, two_datasets, tmp_path, "--per_device_train_batch_size", "6"))

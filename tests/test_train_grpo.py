@@ -79,9 +79,15 @@ def _rewards(trainer) -> list[float]:
     return [h["rewards/fidelity/mean"] for h in trainer.state.log_history if "rewards/fidelity/mean" in h]
 
 
-@pytest.mark.parametrize("variant", [[], ["--freeze_vision", "true"],
-                                     ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"]],
-                         ids=["full", "frozen-vision", "lora"])  # fmt: skip
+@pytest.mark.parametrize(
+    "variant",
+    [
+        pytest.param([], id="full"),
+        pytest.param(["--freeze_vision", "true"], id="frozen-vision", marks=pytest.mark.slow),
+        pytest.param(["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"], id="lora",
+                     marks=pytest.mark.slow),  # fmt: skip
+    ],
+)
 def test_a_resumed_run_equals_the_uninterrupted_one(tiny_path, train_file, tmp_path, variant):
     def run(out, *extra, callbacks=None):
         args = _args(tiny_path, train_file, out, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2")
