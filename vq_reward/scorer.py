@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
+from transformers import AutoModelForImageTextToText, PreTrainedModel, ProcessorMixin
 
 from vq_reward import devices, prompts, qinsight
 from vq_reward.hub import resolve_model
+from vq_reward.loading import check_loaded, load_processor
 from vq_reward.images import MAX_INPUT_PIXELS, ImageSource, Images, check_input_range, image_sources, resize_for_model
 from vq_reward.parsing import parse_answer
 from vq_reward.backends import Backend
@@ -498,32 +499,6 @@ class VisualQualityScorer:
         order = sorted(range(len(images)), key=lambda i: images[i].width * images[i].height, reverse=True)
         for start in range(0, len(order), size):
             yield order[start : start + size]
-
-
-def load_processor(path: str, revision: str | None = None, **budget: int) -> ProcessorMixin:
-    """The checkpoint's processor, left-padded, with the pixel budget asked for pinned and checked."""
-    processor = AutoProcessor.from_pretrained(
-        path, revision=revision, padding_side="left", trust_remote_code=False, **budget
-    )
-    processor.tokenizer.padding_side = "left"
-    # Hub configs can silently override a `size` argument; make sure the budget asked for is the one in force.
-    size = processor.image_processor.size
-    for key, edge in (("min_pixels", "shortest_edge"), ("max_pixels", "longest_edge")):
-        if key in budget and size[edge] != budget[key]:
-            raise RuntimeError(f"asked for {key}={budget[key]} but the processor of {path} uses {size[edge]}.")
-    return processor
-
-
-def check_loaded(path: str, info: dict[str, Any]) -> None:
-    """Refuse a checkpoint that did not load completely (a partial load leaves random weights behind silently)."""
-    problems = {key: sorted(info.get(key) or []) for key in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-    problems = {key: value for key, value in problems.items() if value}
-    if problems:
-        details = "; ".join(f"{key}: {len(value)} ({', '.join(map(str, value[:3]))}, ...)" for key, value in problems.items())
-        raise RuntimeError(
-            f"{path} did not load completely ({details}). It is not a whole Qwen2.5-VL checkpoint, or was written by "
-            "an incompatible transformers version; re-save it with save_pretrained."
-        )
 
 
 def _in_input_order(parts: list[tuple[list[int], ScoreDetails]], count: int, name: str) -> ScoreDetails:

@@ -27,6 +27,7 @@ import sys
 import torch
 
 from vq_reward.hub import resolve_model
+from vq_reward.loading import load_processor
 from vq_reward.readout import NumberTokens
 from vq_reward.train import require_trl
 from vq_reward.train.closed_set import ClosedSetSampler
@@ -38,7 +39,7 @@ from vq_reward.train.trainer import QualityGRPOTrainer, TimeLimitCallback
 
 
 require_trl()
-from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback  # noqa: E402
+from transformers import AutoModelForImageTextToText, TrainerCallback  # noqa: E402
 from trl import GRPOConfig, ModelConfig, TrlParser, get_peft_config  # noqa: E402
 
 
@@ -59,16 +60,9 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     # Processor: left padding is mandatory (TRL re-tokenizes prompts for the loss forward with the tokenizer's own
     # padding side, trl#5785), and the pixel budget is pinned and checked.
     budget = {k: v for k, v in (("min_pixels", script_args.min_pixels), ("max_pixels", script_args.max_pixels)) if v}
-    processor = AutoProcessor.from_pretrained(
-        model_path, revision=model_args.model_revision, padding_side="left", **budget
-    )
-    processor.tokenizer.padding_side = "left"
-    processor.tokenizer.truncation_side = "left"
+    processor = load_processor(model_path, revision=model_args.model_revision, **budget)
     min_pixels = int(processor.image_processor.size["shortest_edge"])
     max_pixels = int(processor.image_processor.size["longest_edge"])
-    for key, value in budget.items():
-        if value != (min_pixels if key == "min_pixels" else max_pixels):
-            raise RuntimeError(f"asked for {key}={value} but the processor uses {min_pixels}/{max_pixels}.")
 
     # Non-thinking fast path: the prompt ends with "<answer>" (q-insight: an empty <think> block and "<answer>\n"),
     # exactly the prompt the scorer's readouts use. The checkpoint keeps the original template (QualityGRPOTrainer._save).
