@@ -202,3 +202,25 @@ def test_bad_usage_gets_one_line_and_a_non_zero_exit(tmp_path, tiny_path, capsys
         err = capsys.readouterr().err
         assert message in err, (argv, err)
         assert "Traceback" not in err and len(err.strip().splitlines()) <= 3, err
+
+
+def test_every_command_and_option_has_help():
+    import argparse
+
+    from vq_reward.cli import build_parser
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(commands.choices) >= {"score", "make-tiny", "distort", "prepare-data", "prepare-degradation",
+                                     "prepare-comparison", "merge-data", "eval"}  # fmt: skip
+    for name, command in commands.choices.items():
+        assert command.description or any(c.dest == name for c in commands._choices_actions), name
+        for action in command._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, f"vq-reward {name} {action.option_strings or action.dest} has no help"
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["--version"])
+    assert exit.value.code == 0 and capsys.readouterr().out.startswith("vq-reward 0.")
