@@ -20,9 +20,9 @@ from pathlib import Path
 
 from vq_reward import VisualQualityScorer
 from vq_reward.cli import main as vq_reward
+from vq_reward.data.rows import read_jsonl
 from vq_reward.eval.report import evaluate, format_report
 from vq_reward.hub import tiny_checkpoint
-from vq_reward.data.rows import read_jsonl
 from vq_reward.train.grpo import main as train
 
 

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vq_reward import VisualQualityScorer
-from vq_reward.images import load_image
 from vq_reward.hub import resolve_model
+from vq_reward.images import load_image
 
 
 class TinySR(nn.Module):

@@ -31,8 +31,8 @@ from PIL import Image
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 from trl import GRPOConfig, GRPOTrainer
 
-from vq_reward.rewards import TrlQualityReward
 from vq_reward.hub import resolve_model
+from vq_reward.rewards import TrlQualityReward
 
 
 def render(completions: list[str], **kwargs) -> list[Image.Image | None]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from vq_reward.cli import main as cli
+from vq_reward.data.labels import LAYOUTS, LabelFileError, read_label_file
 from vq_reward.data.rows import (
     KADID10K_OFFICIAL_SPLIT,
     DataFileError,
@@ -19,7 +20,6 @@ from vq_reward.data.rows import (
     split_references,
     write_jsonl,
 )
-from vq_reward.data.labels import LAYOUTS, LabelFileError, read_label_file
 
 
 def _kadid_folder(tmp_path: Path, references: int = 81, per_reference: int = 2) -> tuple[Path, Path]:

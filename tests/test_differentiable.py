@@ -8,9 +8,9 @@ from conftest import noise_image
 from transformers import Qwen2VLImageProcessor
 
 from vq_reward import ImageInputError, VisualQualityScorer
+from vq_reward.images import resize_for_model, smart_resize
 from vq_reward.readout import token_inputs
 from vq_reward.rewards.pixels import QwenImageLayout, patchify, pixel_inputs, resize_to_budget
-from vq_reward.images import resize_for_model, smart_resize
 
 
 # (height, width): sides multiples of 28 inside the tiny budget (3136..50176 pixels), so the processor's resize is

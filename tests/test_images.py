@@ -8,7 +8,7 @@ import torch
 from conftest import noise_image
 from PIL import Image
 
-from vq_reward.images import ImageInputError, load_image, pil_to_rgb, resize_for_model, smart_resize, to_rgb_images
+from vq_reward.images import ImageInputError, load_image, pil_to_rgb, resize_for_model, to_rgb_images
 
 
 def rgb_of(image):
@@ -156,8 +156,11 @@ def test_float_images_are_scaled_when_unambiguous_and_refused_otherwise(tmp_path
     assert np.asarray(rgb)[..., 0].max() == 255 and np.asarray(rgb)[..., 0].min() == 0  # not black
     Image.fromarray(np.rint(ramp * 255), mode="F").save(tmp_path / "bytes.tif")
     assert np.array_equal(np.asarray(to_rgb_images(tmp_path / "bytes.tif")[0]), np.asarray(rgb))
-    for name, values, message in [("nan.tif", np.full((64, 64), np.nan, np.float32), "NaN or infinite"),
-                                  ("hdr.tif", ramp * 3.7, r"values in \[0, 3\.7\].*brightness scale is unknown")]:  # fmt: skip
+    cases = [
+        ("nan.tif", np.full((64, 64), np.nan, np.float32), "NaN or infinite"),
+        ("hdr.tif", ramp * 3.7, r"values in \[0, 3\.7\].*brightness scale is unknown"),
+    ]
+    for name, values, message in cases:
         Image.fromarray(values.astype(np.float32), mode="F").save(tmp_path / name)
         with pytest.raises(ImageInputError, match=message):
             to_rgb_images(tmp_path / name)
@@ -180,7 +183,10 @@ def test_exif_orientation_is_one_rule_for_every_input_kind(tmp_path):
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda p: noise_image(20, 20).save(p / "tiny.png") or p / "tiny.png", r"tiny\.png' is 20x20 pixels; both sides"),
+        (
+            lambda p: noise_image(20, 20).save(p / "tiny.png") or p / "tiny.png",
+            r"tiny\.png' is 20x20 pixels; both sides",
+        ),
         (lambda p: noise_image(20000, 28).save(p / "strip.png") or p / "strip.png", r"aspect ratio over 200:1"),
         (lambda p: bytes(p / "x.png"), r"is bytes; pass a file path as str"),
         (lambda p: torch.empty(2, 3, 32, 32, device="meta"), r"on the meta device"),

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from vq_reward.cli import main as cli
-from vq_reward.eval.report import write_report
 from vq_reward.eval.metrics import correlations
+from vq_reward.eval.report import write_report
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from vq_reward.cli import main as cli
-from vq_reward.qinsight import COMPARISON_RESULTS, DEGRADATION_CLASSES, SEVERITIES
-from vq_reward.data.rows import DataFileError, read_jsonl, write_jsonl
 from vq_reward.data.qinsight_rows import comparison_rows, degradation_rows, synthetic_comparisons
+from vq_reward.data.rows import DataFileError, read_jsonl, write_jsonl
+from vq_reward.qinsight import COMPARISON_RESULTS, DEGRADATION_CLASSES, SEVERITIES
 
 
 pytest.importorskip("trl")

@@ -144,7 +144,8 @@ def test_mixed_tasks_train_with_closed_set_rollouts(tiny_path, mixed_file, tmp_p
 @pytest.mark.slow
 def test_official_free_generation_path_runs_on_mixed_rows(tiny_path, mixed_file, tmp_path):
     names = ["score_threshold", "degradation", "qinsight_format", "comparison", "comparison_format"]
-    trainer = train(_args(tiny_path, mixed_file, tmp_path / "run", "--thinking", "true", "--force_answer_prefix", "false",
+    trainer = train(_args(tiny_path, mixed_file, tmp_path / "run", "--thinking", "true",
+                          "--force_answer_prefix", "false",
                           "--closed_set_sampling", "false", "--reward_funcs", *names, "--loss_type", "grpo",
                           "--scale_rewards", "group", "--beta", "0.001", "--max_completion_length", "6"))  # fmt: skip
     assert trainer.state.global_step == 2 and any(

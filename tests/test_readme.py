@@ -24,7 +24,9 @@ def test_python_snippets_run_as_written(index, monkeypatch):
 
 
 def test_the_main_command_runs_offline_and_degraded_copies_score_lower(tmp_path, monkeypatch):
-    (command,) = [line for block in blocks("bash") for line in block.splitlines() if line.startswith("vq-reward score examples")]
+    (command,) = [
+        line for block in blocks("bash") for line in block.splitlines() if line.startswith("vq-reward score examples")
+    ]
     argv = shlex.split(command)[1:]
     argv[argv.index("--output") + 1] = str(tmp_path / "results.jsonl")
     monkeypatch.chdir(REPO)

@@ -88,7 +88,9 @@ def brute_force_number(scorer, image) -> tuple[float, float]:
             logits = model(
                 input_ids=torch.cat([inputs["input_ids"].expand(rows, -1), extra], 1),
                 attention_mask=torch.cat([inputs["attention_mask"].expand(rows, -1), torch.ones_like(extra)], 1),
-                mm_token_type_ids=torch.cat([inputs["mm_token_type_ids"].expand(rows, -1), torch.zeros_like(extra)], 1),
+                mm_token_type_ids=torch.cat(
+                    [inputs["mm_token_type_ids"].expand(rows, -1), torch.zeros_like(extra)], 1
+                ),
                 image_grid_thw=inputs["image_grid_thw"].repeat(rows, 1),
                 mm_encoder_outputs={"image": encoded},
             ).logits[:, -5:]
@@ -137,7 +139,9 @@ def test_q_insight_number_readout_after_its_json_prefix(tiny_path):
     image = scorer.prepare(noise_image(64, 64, seed=4))[0]
     mean, std = brute_force_number(scorer, image)
     details = scorer.score_details(image)
-    assert details.scores.item() == pytest.approx(mean, abs=1e-5) and details.std.item() == pytest.approx(std, abs=1e-5)
+    assert details.scores.item() == pytest.approx(mean, abs=1e-5) and details.std.item() == pytest.approx(
+        std, abs=1e-5
+    )
 
 
 def test_number_readout_is_batch_invariant_and_deterministic(scorer):

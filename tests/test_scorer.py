@@ -152,7 +152,9 @@ def test_a_hub_id_without_network_fails_fast_with_one_line(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: as unreachable as the hub here
     start = time.monotonic()
-    with pytest.raises(OSError, match=r"nobody/missing: the Hugging Face hub cannot be reached .*huggingface-cli download"):
+    with pytest.raises(
+        OSError, match=r"nobody/missing: the Hugging Face hub cannot be reached .*huggingface-cli download"
+    ):
         VisualQualityScorer.from_pretrained("nobody/missing")
     assert time.monotonic() - start < 10
     with pytest.raises(FileNotFoundError, match=r"/no/such/folder: no such checkpoint folder"):

@@ -58,7 +58,8 @@ def test_two_steps_change_the_weights_and_the_checkpoint_scores(tiny_path, train
 
 
 def test_official_thinking_recipe_runs_with_both_rewards(tiny_path, train_file, tmp_path):
-    trainer = train(_args(tiny_path, train_file, tmp_path / "run", "--thinking", "true", "--force_answer_prefix", "false",
+    trainer = train(_args(tiny_path, train_file, tmp_path / "run", "--thinking", "true",
+                          "--force_answer_prefix", "false",
                           "--digit_only", "false", "--reward_funcs", "fidelity", "format", "--parse_failure", "random",
                           "--parse_fallback_to_text", "true", "--max_completion_length", "6", "--beta", "0.04",
                           "--scale_rewards", "group", "--max_steps", "1"))  # fmt: skip
@@ -84,8 +85,11 @@ def _rewards(trainer) -> list[float]:
     [
         pytest.param([], id="full"),
         pytest.param(["--freeze_vision", "true"], id="frozen-vision", marks=pytest.mark.slow),
-        pytest.param(["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"], id="lora",
-                     marks=pytest.mark.slow),  # fmt: skip
+        pytest.param(
+            ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"],
+            id="lora",
+            marks=pytest.mark.slow,
+        ),  # fmt: skip
     ],
 )
 def test_a_resumed_run_equals_the_uninterrupted_one(tiny_path, train_file, tmp_path, variant):

@@ -25,7 +25,16 @@ _EXPORTS = {
     "VisualQualityScorer": "vq_reward.scorer",
 }
 
-__all__ = [*sorted(_EXPORTS), "__version__"]
+__all__ = [
+    "ImageInputError",
+    "ParsedAnswer",
+    "Rating",
+    "ScoreDetails",
+    "ScorerRecipe",
+    "VisualQualityScorer",
+    "__version__",
+    "parse_answer",
+]
 
 if TYPE_CHECKING:
     from vq_reward.images import ImageInputError

@@ -89,7 +89,8 @@ def _cached_snapshot(repo_id: str, revision: str | None) -> str:
         return snapshot_download(repo_id, revision=revision, local_files_only=True)
     except (LocalEntryNotFoundError, FileNotFoundError, OSError) as error:
         raise OSError(
-            f"{repo_id}: the Hugging Face hub cannot be reached from here and the checkpoint is not in the local cache. "
+            f"{repo_id}: the Hugging Face hub cannot be reached from here and the checkpoint is not in the local "
+            "cache. "
             f"Download it once where there is network (huggingface-cli download {repo_id}, or huggingface_hub."
             "snapshot_download), then pass its local folder, or copy the cache here and set HF_HUB_OFFLINE=1."
         ) from error

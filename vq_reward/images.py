@@ -172,7 +172,9 @@ def pil_to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     if image.mode == "F":
-        return Image.fromarray(_float_gray_to_uint8(np.asarray(image, dtype=np.float64), name), mode="L").convert("RGB")
+        return Image.fromarray(_float_gray_to_uint8(np.asarray(image, dtype=np.float64), name), mode="L").convert(
+            "RGB"
+        )
     if image.mode in _SIXTEEN_BIT_MODES:
         values = np.asarray(image, dtype=np.float64)
         # 16-bit data spans 0..65535; mode "I" may also hold 8-bit data, which is left as it is.
@@ -239,7 +241,9 @@ def _file_source(path: str | os.PathLike, name: str, max_pixels: int, exif_trans
                 upright = _upright(image, exif_transpose)
                 upright.load()
             except Image.DecompressionBombError as error:
-                raise ImageInputError(f"{name} is too large to decode safely ({error}). Downscale it first.") from error
+                raise ImageInputError(
+                    f"{name} is too large to decode safely ({error}). Downscale it first."
+                ) from error
             except (OSError, SyntaxError, ValueError) as error:
                 raise ImageInputError(
                     f"{name} is corrupt or truncated: its header reads but its pixels do not ({error}). Re-create or "

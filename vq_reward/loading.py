@@ -27,7 +27,9 @@ def check_loaded(path: str, info: dict[str, Any]) -> None:
     problems = {key: sorted(info.get(key) or []) for key in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     problems = {key: value for key, value in problems.items() if value}
     if problems:
-        details = "; ".join(f"{key}: {len(value)} ({', '.join(map(str, value[:3]))}, ...)" for key, value in problems.items())
+        details = "; ".join(
+            f"{key}: {len(value)} ({', '.join(map(str, value[:3]))}, ...)" for key, value in problems.items()
+        )
         raise RuntimeError(
             f"{path} did not load completely ({details}). It is not a whole Qwen2.5-VL checkpoint, or was written by "
             "an incompatible transformers version; re-save it with save_pretrained."

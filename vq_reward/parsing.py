@@ -13,7 +13,6 @@ clips into [1, 5] and keeps the raw value, the training rewards use the raw valu
 import re
 from dataclasses import dataclass
 
-
 from vq_reward.prompts import QINSIGHT_COMPARISON_RESULTS
 
 

@@ -8,6 +8,7 @@ per task, and the answer vocabulary its degradation and comparison tasks use. In
 
 from dataclasses import dataclass, field
 
+
 QUALITY_QUESTION = (
     "You are doing the image quality assessment task. Here is the question: "
     "What is your overall rating on the quality of this picture? The rating should be a float between 1 and 5, "
@@ -85,7 +86,6 @@ def image_message(text: str, system: str | None = None) -> list[dict]:
     return messages
 
 
-
 def degradation_messages() -> list[dict]:
     """Q-Insight's degradation request: its system prompt, then the image and the question."""
     return image_message(QINSIGHT_DEGRADATION_QUESTION, system=QINSIGHT_SYSTEM)
@@ -111,6 +111,7 @@ def comparison_messages() -> list[dict]:
         {"role": "system", "content": [{"type": "text", "text": QINSIGHT_SYSTEM}]},
         {"role": "user", "content": content},
     ]
+
 
 @dataclass(frozen=True)
 class PromptStyle:
@@ -156,8 +157,13 @@ STYLES: dict[str, PromptStyle] = {
         question=QUALITY_QUESTION,
         system=None,
         answer_prefix=ANSWER_PREFIX,
-        generation={"do_sample": True, "top_k": 50, "top_p": 1.0, "max_new_tokens": 512,
-                    "max_new_tokens_thinking": 2048},  # fmt: skip
+        generation={
+            "do_sample": True,
+            "top_k": 50,
+            "top_p": 1.0,
+            "max_new_tokens": 512,
+            "max_new_tokens_thinking": 2048,
+        },  # fmt: skip
     ),
     # Official demos: temperature 1, top_k 50, top_p 0.95, 1024 new tokens; the model always reasons first.
     "q-insight": PromptStyle(
@@ -165,7 +171,13 @@ STYLES: dict[str, PromptStyle] = {
         question=QINSIGHT_SCORE_QUESTION,
         system=QINSIGHT_SYSTEM,
         answer_prefix=QINSIGHT_ANSWER_PREFIX + '{"rating": ',
-        generation={"do_sample": True, "temperature": 1.0, "top_k": 50, "top_p": 0.95, "max_new_tokens": 1024,
-                    "max_new_tokens_thinking": 1024},  # fmt: skip
+        generation={
+            "do_sample": True,
+            "temperature": 1.0,
+            "top_k": 50,
+            "top_p": 0.95,
+            "max_new_tokens": 1024,
+            "max_new_tokens_thinking": 1024,
+        },  # fmt: skip
     ),
 }

@@ -1,8 +1,8 @@
 """The tiny random Qwen2.5-VL smoke checkpoint, built offline, for tests, examples and benchmarks.
 
-`vq_reward.hub` caches it under the name "tiny". It is a real checkpoint (config, safetensors weights, byte-level BPE tokenizer, Qwen2.5-VL chat template, image
-processor), loadable by `from_pretrained` with no network, and byte-identical on every build. Its scores mean
-nothing: the weights are random. It has Qwen's special tokens in Qwen's order, every digit is its own token as in
+`vq_reward.hub` caches it under the name "tiny". It is a real checkpoint (config, safetensors weights, byte-level
+BPE tokenizer, Qwen2.5-VL chat template, image processor), loadable by `from_pretrained` with no network, and
+byte-identical on every build. Its scores mean nothing: the weights are random. It has Qwen's special tokens in Qwen's order, every digit is its own token as in
 Qwen's tokenizer, and `<think>`/`<answer>` are plain text, as in Qwen2.5-VL.
 """
 
@@ -73,7 +73,8 @@ def build_tiny_checkpoint(path: str | os.PathLike) -> Path:
 
     Example:
         >>> from vq_reward import VisualQualityScorer
-        >>> VisualQualityScorer.from_pretrained(build_tiny_checkpoint(tmp_path / "tiny")).score(torch.rand(1, 3, 56, 56)).shape
+        >>> scorer = VisualQualityScorer.from_pretrained(build_tiny_checkpoint(tmp_path / "tiny"))
+        >>> scorer.score(torch.rand(1, 3, 56, 56)).shape
         torch.Size([1])
     """
     out = Path(path)

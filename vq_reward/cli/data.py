@@ -21,10 +21,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     distort = commands.add_parser("distort", help="write graded synthetic degradations of a folder of clean images")
     distort.add_argument("source_dir", help="folder of clean photos")
     distort.add_argument("output_dir", help="folder to write the degraded images, labels.txt and distortions.jsonl")
-    distort.add_argument("--kinds", nargs="+", default=list(QINSIGHT_DEGRADATION_CLASSES),
-                         choices=QINSIGHT_DEGRADATION_CLASSES, help="distortion kinds (default: all)")
+    distort.add_argument(
+        "--kinds",
+        nargs="+",
+        default=list(QINSIGHT_DEGRADATION_CLASSES),
+        choices=QINSIGHT_DEGRADATION_CLASSES,
+        help="distortion kinds (default: all)",
+    )
     distort.add_argument("--levels", nargs="+", type=int, default=[1, 2, 3, 4, 5], help="severities 1..5")
-    distort.add_argument("--crops", type=non_negative_int, default=0, help="random square crops per photo (0: whole photos)")
+    distort.add_argument(
+        "--crops", type=non_negative_int, default=0, help="random square crops per photo (0: whole photos)"
+    )
     distort.add_argument("--crop-size", type=positive_int, default=112, help="side of the square crops (default 112)")
     distort.add_argument("--no-clean", action="store_true", help="leave out the clean images (MOS 5)")
     distort.add_argument("--seed", type=int, default=0, help="seed of the crop positions")

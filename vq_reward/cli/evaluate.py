@@ -28,7 +28,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     import importlib.util
 
-    missing = [name for name in ("scipy",) + (("matplotlib",) if args.plot else ()) if importlib.util.find_spec(name) is None]
+    missing = [
+        name for name in ("scipy",) + (("matplotlib",) if args.plot else ()) if importlib.util.find_spec(name) is None
+    ]
     if missing:  # checked before any image is scored
         raise ImportError(f"vq-reward eval needs {' and '.join(missing)}: pip install 'vq-reward[eval]'")
     rows = _label_rows(args)

@@ -19,12 +19,10 @@ import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from vq_reward.data.files import IMAGE_EXTENSIONS, find_images  # noqa: F401 - re-exported
@@ -93,7 +91,8 @@ class ResultsFile:
         except BlockingIOError:
             self._file.close()
             raise ResultsFileError(
-                f"{self.path} is being written by another vq-reward run; wait for it to finish, or pass another --output."
+                f"{self.path} is being written by another vq-reward run; wait for it to finish, or pass another "
+                "--output."
             ) from None
         self._read()
         return self
@@ -111,7 +110,9 @@ class ResultsFile:
         recorded = self._header["run"]
         differences = [key for key in sorted(set(recorded) | set(identity)) if recorded.get(key) != identity.get(key)]
         if differences:
-            details = "; ".join(f"{key}: {recorded.get(key)!r} in the file, {identity.get(key)!r} now" for key in differences)
+            details = "; ".join(
+                f"{key}: {recorded.get(key)!r} in the file, {identity.get(key)!r} now" for key in differences
+            )
             raise ResultsFileError(
                 f"{self.path} holds results of another run ({details}); pass a new --output, or the same --model and "
                 "settings to resume."
@@ -162,7 +163,9 @@ class ResultsFile:
             try:
                 self._lines.append(json.loads(text))
             except json.JSONDecodeError as error:
-                raise ResultsFileError(f"{self.path}:{number} is not valid JSON ({error}); fix or delete that line.") from None
+                raise ResultsFileError(
+                    f"{self.path}:{number} is not valid JSON ({error}); fix or delete that line."
+                ) from None
 
 
 def score_files(
@@ -233,7 +236,9 @@ def _is_header(line: bytes) -> bool:
         header = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return False
-    return isinstance(header, dict) and header.get(HEADER_KEY) == FORMAT_VERSION and isinstance(header.get("run"), dict)
+    return (
+        isinstance(header, dict) and header.get(HEADER_KEY) == FORMAT_VERSION and isinstance(header.get("run"), dict)
+    )
 
 
 def _digest(text: str) -> str:

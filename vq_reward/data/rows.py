@@ -30,7 +30,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from vq_reward.data.jsonl import DataFileError, read_objects, write_jsonl
+from vq_reward.data.jsonl import DataFileError, read_objects, write_jsonl  # noqa: F401 - re-exported
 from vq_reward.data.labels import LabelRow
 from vq_reward.prompts import (
     QINSIGHT_COMPARISON_RESULTS,

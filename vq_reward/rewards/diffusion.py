@@ -1,4 +1,4 @@
-"""`QualityReward`: the reward of DDPO / Flow-GRPO / DanceGRPO loops, `fn(images, prompts, metadata) -> (scores, info)`."""
+"""`QualityReward`: the DDPO / Flow-GRPO / DanceGRPO reward, `fn(images, prompts, metadata) -> (scores, info)`."""
 
 import os
 from collections.abc import Sequence

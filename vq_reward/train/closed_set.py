@@ -73,7 +73,9 @@ class ClosedSetSampler:
 
     def __init__(self, tokenizer, answer_prefix: str, temperature: float = 1.0) -> None:
         if not answer_prefix:
-            raise ValueError("closed-set sampling needs the answer prefix the prompts end with (force_answer_prefix=True).")
+            raise ValueError(
+                "closed-set sampling needs the answer prefix the prompts end with (force_answer_prefix=True)."
+            )
         self.tokenizer = tokenizer
         self.temperature = temperature
         self.prefix_ids = tokenizer(answer_prefix, add_special_tokens=False)["input_ids"]
@@ -88,7 +90,7 @@ class ClosedSetSampler:
 
     @torch.no_grad()
     def answer_logprobs(self, model, prompt: list[int], fields: dict, task: str) -> torch.Tensor:
-        """log p(answer | prompt) of every answer of `task`'s set, `[K]`, from one forward (`readout.candidate_logprobs`).
+        """log p(answer | prompt) of every answer of `task`'s set, `[K]`, from one forward (candidate_logprobs).
 
         `fields` are this prompt's multimodal inputs (`pixel_values`, `image_grid_thw`, `mm_token_type_ids`).
         """

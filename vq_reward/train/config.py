@@ -36,7 +36,8 @@ class VQScriptArguments:
     digit_only: bool = field(
         default=False,
         metadata={
-            "help": "With force_answer_prefix: sample only the digit tokens 1..5 (suppress every other token). Use with "
+            "help": "With force_answer_prefix: sample only the digit tokens 1..5 (suppress every other token). Use "
+            "with "
             "max_completion_length=1. Exact policy gradient of the digit distribution that score() reads."
         },
     )
@@ -132,7 +133,9 @@ class VQScriptArguments:
         if self.force_answer_prefix and self.thinking:
             raise ValueError("force_answer_prefix needs thinking=False: the '<answer>' prefix skips the reasoning.")
         if self.digit_only and not self.force_answer_prefix:
-            raise ValueError("digit_only needs force_answer_prefix=True: only then is the first completion token a digit.")
+            raise ValueError(
+                "digit_only needs force_answer_prefix=True: only then is the first completion token a digit."
+            )
         if self.prompt_style not in ("visualquality-r1", "q-insight"):
             raise ValueError(f"prompt_style must be 'visualquality-r1' or 'q-insight', got {self.prompt_style!r}.")
         if self.digit_only and self.prompt_style == "q-insight":
@@ -141,7 +144,8 @@ class VQScriptArguments:
             )
         if self.closed_set_sampling and not (self.prompt_style == "q-insight" and self.force_answer_prefix):
             raise ValueError(
-                "closed_set_sampling needs prompt_style='q-insight' and force_answer_prefix=True (with thinking=False): "
+                "closed_set_sampling needs prompt_style='q-insight' and force_answer_prefix=True (with "
+                "thinking=False): "
                 "the closed-set answers follow Q-Insight's forced answer prefix."
             )
         if self.fidelity_scope not in ("local", "global"):

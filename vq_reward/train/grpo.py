@@ -26,13 +26,13 @@ import sys
 
 import torch
 
+from vq_reward.data.rows import SCORE_TASK
 from vq_reward.hub import resolve_model
 from vq_reward.loading import load_processor
 from vq_reward.readout import NumberTokens
 from vq_reward.train import require_trl
 from vq_reward.train.closed_set import ClosedSetSampler
 from vq_reward.train.config import VQScriptArguments
-from vq_reward.data.rows import SCORE_TASK
 from vq_reward.train.dataset import build_dataset, load_rows, with_answer_prefix
 from vq_reward.train.reward_registry import make_reward_funcs
 from vq_reward.train.trainer import QualityGRPOTrainer, TimeLimitCallback
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     max_pixels = int(processor.image_processor.size["longest_edge"])
 
     # Non-thinking fast path: the prompt ends with "<answer>" (q-insight: an empty <think> block and "<answer>\n"),
-    # exactly the prompt the scorer's readouts use. The checkpoint keeps the original template (QualityGRPOTrainer._save).
+    # exactly the prompt the scorer's readouts use; the checkpoint keeps the original template (the trainer's _save).
     original_template = None
     if script_args.force_answer_prefix:
         original_template = processor.chat_template

@@ -21,10 +21,10 @@ import torch
 from torch.utils.data import Sampler
 from transformers import TrainerCallback
 
+from vq_reward.data.rows import SCORE_TASK
 from vq_reward.train import require_trl
 from vq_reward.train.checkpoints import load_checkpoint_weights
 from vq_reward.train.closed_set import ClosedSetSampler
-from vq_reward.data.rows import SCORE_TASK
 from vq_reward.train.sampler import DatasetHomogeneousSampler, images_per_device
 
 
