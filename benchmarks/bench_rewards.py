@@ -26,13 +26,13 @@ checkpointing, and the number readout's extra memory is printed as a percentage 
 
 What autograd saves depends on the graph, the shapes and the dtypes, not on the values, so by default the matrix
 products, convolutions and attention kernels (forward and backward) return zeros of the right shape and strides
-instead of being computed (`ShapeOnlyProducts`); everything else runs for real. On 2 shared CPU cores, where a bf16
-matrix product of these widths runs below 1 GFLOP/s, that turns a count that took over 35 minutes for the 3B size
-into about 2 minutes per size (most of it zero-filling the weights). `--real-products` computes them (the slow way);
-`--check` counts every case both ways and fails unless they agree to the byte (`--quick --check`: narrow
-models, seconds; the tests check it). The kernels are
-the CPU ones; CUDA's flash / memory-efficient attention likewise keeps only the output and the log-sum-exp, so the
-figures should carry over up to allocator rounding.
+instead of being computed (`ShapeOnlyProducts`); everything else runs for real. How long it takes on CPU: on 2
+shared cores, where a bf16 matrix product of these widths runs below 1 GFLOP/s, a fully computed count took over 35
+minutes for the 3B size; this one takes about a minute per size (half of it building and zero-filling the models;
+5 GiB of memory for the 7B). `--real-products` computes the products (the slow way); `--check` counts every case
+both ways and fails unless they agree to the byte (`--quick --check`: narrow models, seconds; the tests check it).
+The kernels are the CPU ones; CUDA's flash / memory-efficient attention likewise keeps only the output and the
+log-sum-exp, so the figures should carry over up to allocator rounding.
 
 Measured results: benchmarks/README.md.
 """
@@ -296,7 +296,8 @@ def format_memory(rows: list[MemoryRow], side: int = 504) -> str:
             f"keeps {extra:+.1f} MiB over first-digit's {row.total:.0f} MiB = {extra / row.total * 100:+.1f}% "
             f"(target: at most +10%)"
         )
-    lines.append(f"(one {side}x{side} image, bf16; saved-for-backward storages, weights excluded)")
+    lines.append(f"(one {side}x{side} image, bf16; distinct saved-for-backward storages, weights excluded; per layer: "
+                 "differences between random 1- and 2-layer models, extrapolated to the real depths)")  # fmt: skip
     return "\n".join(lines)
 
 
