@@ -51,7 +51,7 @@ def main() -> None:
            "--max_steps", str(args.steps), "--logging_steps", "10"])  # fmt: skip
 
     # 3. Evaluate before and after on the held-out test split (the tiny model learns little in a minute; see
-    #    train/bench_learning.py for a 20-minute run).
+    #    benchmarks/bench_learning.py for a 20-minute run).
     test_rows = read_jsonl(out / "data" / "synthetic_test.jsonl")
     for name, model in (("before", tiny_checkpoint()), ("after", out / "model")):
         report = evaluate(VisualQualityScorer.from_pretrained(model), test_rows, batch_size=32)
