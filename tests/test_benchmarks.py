@@ -76,6 +76,7 @@ def test_bench_scoring_fresh_processes(load_script, capsys):
     assert "| 2 |" in bench.format_table(cells)
 
 
+@pytest.mark.slow
 def test_bench_rewards_quick(load_script, capsys):
     bench = load_script("bench_rewards")
     result = bench.main(["--quick"])

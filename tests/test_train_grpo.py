@@ -1,6 +1,8 @@
 """The GRPO entry point end to end on the tiny checkpoint (CPU, one process): weights move, checkpoints load in the
 scorer with the original chat template, resume works, the vision tower can be frozen, bad layouts are refused."""
 
+import shutil
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -37,21 +39,29 @@ def _weights(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
-def test_two_steps_change_the_weights_and_the_checkpoint_scores(tiny_path, train_file, tmp_path):
+@pytest.fixture(scope="module")
+def whole_run(tiny_path, train_file, tmp_path_factory):
+    """Four steps of the CPU recipe with an evaluation and checkpoints at steps 2 and 4, shared by several tests."""
+    out = tmp_path_factory.mktemp("whole")
+    val_file = train_file.parent / "synthetic_val.jsonl"
+    extra = ["--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--eval_files", str(val_file),
+             "--eval_strategy", "steps", "--eval_steps", "2", "--per_device_eval_batch_size", "8"]  # fmt: skip
+    return train(_args(tiny_path, train_file, out, *extra)), out
+
+
+def test_training_changes_the_weights_and_the_checkpoint_scores(tiny_path, whole_run):
+    trainer, out = whole_run
     before = VisualQualityScorer.from_pretrained(tiny_path)
     initial = _weights(before.model)
-    val_file = train_file.parent / "synthetic_val.jsonl"
-    evaluation = ["--eval_files", str(val_file), "--eval_strategy", "steps", "--eval_steps", "2"]
-    trainer = train(_args(tiny_path, train_file, tmp_path / "run", *evaluation, "--per_device_eval_batch_size", "8"))
-    assert trainer.state.global_step == 2
+    assert trainer.state.global_step == 4
     assert any("eval_rewards/fidelity/mean" in h for h in trainer.state.log_history)  # eval ran with the reward
     moved = [n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), initial[n])]
     assert len(moved) > len(initial) // 2, f"only {len(moved)} of {len(initial)} tensors changed"
     history = [h for h in trainer.state.log_history if "fidelity/rollouts_in_scope" in h]
-    assert [h["fidelity/rollouts_in_scope"] for h in history] == [8.0, 8.0]
+    assert [h["fidelity/rollouts_in_scope"] for h in history] == [8.0] * 4
     assert all(h["fidelity/parse_failure_rate"] == 0.0 for h in history)  # digit-only answers always parse
     # The checkpoint keeps the original template (no "<answer>" in its generation prompt) and scores differently.
-    after = VisualQualityScorer.from_pretrained(tmp_path / "run")
+    after = VisualQualityScorer.from_pretrained(out)
     assert after.processor.chat_template == before.processor.chat_template
     images = ["examples/images/chelsea.jpg", "examples/images/brick.jpg"]
     assert not torch.allclose(after.score(images), before.score(images))
@@ -80,19 +90,26 @@ def _rewards(trainer) -> list[float]:
     return [h["rewards/fidelity/mean"] for h in trainer.state.log_history if "rewards/fidelity/mean" in h]
 
 
+def test_a_resumed_run_equals_the_uninterrupted_one(tiny_path, train_file, whole_run, tmp_path):
+    # What a kill after the step-2 checkpoint leaves is that checkpoint: resume from it and compare with steps 3-4.
+    whole, out = whole_run
+    shutil.copytree(out / "checkpoint-2", tmp_path / "cut" / "checkpoint-2")
+    extra = ["--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--eval_files",
+             str(train_file.parent / "synthetic_val.jsonl"), "--eval_strategy", "steps", "--eval_steps", "2",
+             "--per_device_eval_batch_size", "8", "--resume_from_checkpoint", "last"]  # fmt: skip
+    resumed = train(_args(tiny_path, train_file, tmp_path / "cut", *extra))
+    assert resumed.state.global_step == 4
+    assert _rewards(resumed) == _rewards(whole) and len(_rewards(whole)) == 4  # steps 3 and 4 included
+    assert _max_delta(resumed.model, whole.model) <= 1e-6
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "variant",
-    [
-        pytest.param([], id="full"),
-        pytest.param(["--freeze_vision", "true"], id="frozen-vision", marks=pytest.mark.slow),
-        pytest.param(
-            ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"],
-            id="lora",
-            marks=pytest.mark.slow,
-        ),  # fmt: skip
-    ],
+    [["--freeze_vision", "true"], ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"]],
+    ids=["frozen-vision", "lora"],
 )
-def test_a_resumed_run_equals_the_uninterrupted_one(tiny_path, train_file, tmp_path, variant):
+def test_a_killed_and_resumed_run_equals_the_uninterrupted_one(tiny_path, train_file, tmp_path, variant):
     def run(out, *extra, callbacks=None):
         args = _args(tiny_path, train_file, out, "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2")
         return train(args + variant + list(extra), callbacks=callbacks)
@@ -102,14 +119,18 @@ def test_a_resumed_run_equals_the_uninterrupted_one(tiny_path, train_file, tmp_p
     resumed = run(tmp_path / "cut", "--resume_from_checkpoint", str(tmp_path / "cut" / "checkpoint-2"))
     assert resumed.state.global_step == 4
     assert _rewards(resumed) == _rewards(whole) and len(_rewards(whole)) == 4  # steps 3 and 4 included
-    expected = dict(whole.model.named_parameters())
-    delta = max((p.detach() - expected[n].detach()).abs().max().item() for n, p in resumed.model.named_parameters())
-    assert delta <= 1e-6, f"max |delta| over all tensors, resumed vs uninterrupted: {delta}"
+    assert _max_delta(resumed.model, whole.model) <= 1e-6
 
 
-def test_a_checkpoint_that_does_not_cover_the_model_is_refused(tiny_path, train_file, tmp_path):
-    train(_args(tiny_path, train_file, tmp_path / "run", "--save_strategy", "steps", "--save_steps", "2"))
+def _max_delta(model, reference) -> float:
+    """max |delta| over every tensor of two models of the same layout."""
+    expected = dict(reference.named_parameters())
+    return max((p.detach() - expected[n].detach()).abs().max().item() for n, p in model.named_parameters())
+
+
+def test_a_checkpoint_that_does_not_cover_the_model_is_refused(tiny_path, train_file, whole_run, tmp_path):
     checkpoint = tmp_path / "run" / "checkpoint-2"
+    shutil.copytree(whole_run[1] / "checkpoint-2", checkpoint)
     weights = load_file(checkpoint / "model.safetensors")
     dropped = sorted(weights)[0]
     save_file({k: v for k, v in weights.items() if k != dropped}, checkpoint / "model.safetensors")
@@ -120,12 +141,11 @@ def test_a_checkpoint_that_does_not_cover_the_model_is_refused(tiny_path, train_
         VisualQualityScorer.from_pretrained(checkpoint)
 
 
-def test_a_training_checkpoint_loads_in_the_scorer_with_every_weight(tiny_path, train_file, tmp_path):
-    trainer = train(_args(tiny_path, train_file, tmp_path / "run"))
-    loaded = dict(VisualQualityScorer.from_pretrained(tmp_path / "run").model.named_parameters())
-    trained = dict(trainer.model.named_parameters())
-    assert loaded.keys() == trained.keys()
-    assert all(torch.equal(loaded[name], trained[name].detach()) for name in trained)
+def test_a_training_checkpoint_loads_in_the_scorer_with_every_weight(whole_run):
+    trainer, out = whole_run
+    loaded = VisualQualityScorer.from_pretrained(out).model
+    assert dict(loaded.named_parameters()).keys() == dict(trainer.model.named_parameters()).keys()
+    assert _max_delta(loaded, trainer.model) == 0
 
 
 def test_frozen_vision_tower_does_not_move(tiny_path, train_file, tmp_path):
