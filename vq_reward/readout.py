@@ -120,8 +120,8 @@ def single_token_ids(tokenizer, texts: Sequence[str]) -> list[int]:
         encoded = tokenizer.encode(text, add_special_tokens=False)
         if len(encoded) != 1:
             raise ValueError(
-                f"The tokenizer splits {text!r} into {len(encoded)} tokens; the readouts need each digit and '.' to be "
-                "one token, as in Qwen2/Qwen2.5 tokenizers. Use a Qwen2.5-VL based checkpoint."
+                f"The tokenizer splits {text!r} into {len(encoded)} tokens; the readouts need each digit and '.' to "
+                "be one token, as in Qwen2/Qwen2.5 tokenizers. Use a Qwen2.5-VL based checkpoint."
             )
         ids.extend(encoded)
     return ids
@@ -172,13 +172,26 @@ class ScoreDetails:
 def first_digit_readout(last_logits: torch.Tensor, tokens: NumberTokens) -> ScoreDetails:
     """The single-token readout from the logits `(N, vocab)` at the first answer position."""
     logits = last_logits.to(torch.promote_types(last_logits.dtype, torch.float32))
-    first = list(tokens.first)
-    probs = logits[:, first].softmax(-1)
-    values = torch.arange(1.0, len(first) + 1.0, dtype=probs.dtype, device=probs.device)
+    return first_digit_from_logprobs(logits.log_softmax(-1)[:, list(tokens.first)])
+
+
+def first_digit_from_logprobs(first: torch.Tensor) -> ScoreDetails:
+    """The "first-digit" readout from the log-probabilities `(N, 5)` of "1".."5" at the first answer position.
+
+    They must be log-probabilities over the whole vocabulary (log-softmax values, as a vLLM engine or server returns
+    them): their softmax is the score's distribution and the sum of their exponentials is `digit_mass`.
+
+    Example:
+        >>> details = first_digit_from_logprobs(torch.tensor([[0.1, 0.2, 0.3, 0.2, 0.1]]).log())
+        >>> round(details.scores.item(), 3), round(details.digit_mass.item(), 3)
+        (3.0, 0.9)
+    """
+    first = first.to(torch.promote_types(first.dtype, torch.float32))
+    probs = first.softmax(-1)
+    values = torch.arange(1.0, first.shape[-1] + 1.0, dtype=probs.dtype, device=probs.device)
     scores = probs @ values
     std = (probs @ values.square() - scores.square()).clamp(min=0).sqrt()
-    mass = logits.softmax(-1)[:, first].sum(-1)
-    return ScoreDetails(scores=scores, std=std, probs=probs, digit_mass=mass)
+    return ScoreDetails(scores=scores, std=std, probs=probs, digit_mass=first.exp().sum(-1))
 
 
 def first_digit_logits(model: PreTrainedModel, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -272,7 +285,10 @@ def tree_logits(model: PreTrainedModel, inputs: Mapping[str, torch.Tensor], tree
 
     extra = {key: value for key, value in inputs.items() if key not in ("input_ids", "attention_mask")}
     extra["mm_token_type_ids"] = torch.cat(
-        [inputs["mm_token_type_ids"], torch.zeros(batch, size, dtype=inputs["mm_token_type_ids"].dtype, device=device)],
+        [
+            inputs["mm_token_type_ids"],
+            torch.zeros(batch, size, dtype=inputs["mm_token_type_ids"].dtype, device=device),
+        ],
         dim=1,
     )
     keep = torch.arange(length - 1, total, device=device)
@@ -301,9 +317,40 @@ def number_readout(logits: torch.Tensor, tokens: NumberTokens) -> ScoreDetails:
     first = logits[:, 0]  # the prompt's last position
     branch = logits[:, 1:].unflatten(1, (4, 12))  # [N, first digit 1..4, (digit, dot, decimal 0..9), vocab]
     decimals = list(tokens.decimals)
-    probs = first[:, list(tokens.first)].softmax(-1)  # p1, [N, 5]
-    second = branch[:, :, 1, decimals].softmax(-1)  # p2(d2 | d1), read at the dot, [N, 4, 10]
-    third = branch[:, :, 2:, decimals].softmax(-1)  # p3(d3 | d1, d2), read at d2, [N, 4, 10, 10]
+    return number_from_logprobs(
+        first=first.log_softmax(-1)[:, list(tokens.first)],
+        dot=branch[:, :, 0].log_softmax(-1)[..., tokens.dot],  # "." after each first digit
+        second=branch[:, :, 1, decimals],  # read at the dot; logits will do, only their softmax is used
+        third=branch[:, :, 2:, decimals],  # read at d2
+    )
+
+
+def number_from_logprobs(
+    first: torch.Tensor, dot: torch.Tensor, second: torch.Tensor, third: torch.Tensor
+) -> ScoreDetails:
+    """The "number" readout from the log-probabilities read on its branches; every backend computes it here.
+
+    Args:
+        first: `(N, 5)` log-probabilities of "1".."5" after the prompt and its answer prefix.
+        dot: `(N, 4)` log-probability of "." after each first digit 1..4.
+        second: `(N, 4, 10)` log-probabilities of "0".."9" after each "d1.".
+        third: `(N, 4, 10, 10)` log-probabilities of "0".."9" after each "d1.d2".
+
+    `first` and `dot` must be log-probabilities over the whole vocabulary (`digit_mass` and `dot_mass` are their
+    exponentials); for `second` and `third` any per-position constant drops out (only their softmax over the ten
+    decimals is used), so logits do as well.
+
+    Example (every digit equally likely: the expectation of a uniform d1.d2d3 in [1, 5), and 5 with p = 1/5):
+        >>> first, dot = torch.full((1, 5), -5.0), torch.zeros(1, 4)
+        >>> details = number_from_logprobs(first, dot, torch.zeros(1, 4, 10), torch.zeros(1, 4, 10, 10))
+        >>> round(details.scores.item(), 4)
+        3.396
+    """
+    dtype = torch.promote_types(first.dtype, torch.float32)
+    first, dot, second, third = (x.to(dtype) for x in (first, dot, second, third))
+    probs = first.softmax(-1)  # p1, [N, 5]
+    second = second.softmax(-1)  # p2(d2 | d1), [N, 4, 10]
+    third = third.softmax(-1)  # p3(d3 | d1, d2), [N, 4, 10, 10]
 
     values = torch.arange(10, dtype=probs.dtype, device=probs.device)
     number = (
@@ -317,10 +364,63 @@ def number_readout(logits: torch.Tensor, tokens: NumberTokens) -> ScoreDetails:
     scores = (probs[:, :4] * given_first).sum(-1) + probs[:, 4] * 5.0
     second_moment = (probs[:, :4] * square_given_first).sum(-1) + probs[:, 4] * 25.0
     std = (second_moment - scores.square()).clamp(min=0).sqrt()
+    return ScoreDetails(
+        scores=scores, std=std, probs=probs, digit_mass=first.exp().sum(-1), dot_mass=dot.exp(), readout="number"
+    )
 
-    digit_mass = first.softmax(-1)[:, list(tokens.first)].sum(-1)
-    dot_mass = branch[:, :, 0].softmax(-1)[..., tokens.dot]  # "." after each first digit, among all tokens
-    return ScoreDetails(scores=scores, std=std, probs=probs, digit_mass=digit_mass, dot_mass=dot_mass, readout="number")
+
+# -- the readouts as separate requests (vLLM engine and server) ----------------------------------------------------
+
+
+def branch_continuations(tokens: NumberTokens, readout: str) -> list[tuple[int, ...]]:
+    """The token ids each request appends after the prompt and its answer prefix, for engines that read one
+    position per request (vLLM: prefix caching makes the shared prompt cheap).
+
+    "first-digit": one request, nothing appended. "number": 49 requests, in the order `details_from_branches`
+    expects: the prefix itself, each first digit 1..4 (the "." after it), each "d1." and each "d1.d2".
+
+    Example:
+        >>> len(branch_continuations(scorer.tokens, "number")), branch_continuations(scorer.tokens, "first-digit")
+        (49, [()])
+    """
+    if readout == "first-digit":
+        return [()]
+    if readout != "number":
+        raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}.")
+    firsts = tokens.first[:4]
+    return (
+        [()]
+        + [(d1,) for d1 in firsts]
+        + [(d1, tokens.dot) for d1 in firsts]
+        + [(d1, tokens.dot, d2) for d1 in firsts for d2 in tokens.decimals]
+    )
+
+
+def branch_token_ids(tokens: NumberTokens) -> list[int]:
+    """The ids whose log-probabilities each branch request returns: the ten decimals (which hold "1".."5") and "."."""
+    return [*tokens.decimals, tokens.dot]
+
+
+def details_from_branches(logprobs: torch.Tensor, tokens: NumberTokens, readout: str) -> ScoreDetails:
+    """A readout from the branch requests' log-probabilities.
+
+    Args:
+        logprobs: `(N, B, 11)` full-vocabulary log-probabilities of `branch_token_ids(tokens)` at the position after
+            each of the `B` continuations of `branch_continuations(tokens, readout)`, for N images.
+    """
+    ids = branch_token_ids(tokens)
+    first = [ids.index(t) for t in tokens.first]
+    decimals = [ids.index(t) for t in tokens.decimals]
+    dot = ids.index(tokens.dot)
+    if readout == "first-digit":
+        return first_digit_from_logprobs(logprobs[:, 0, first])
+    n = len(logprobs)
+    return number_from_logprobs(
+        first=logprobs[:, 0, first],
+        dot=logprobs[:, 1:5, dot],
+        second=logprobs[:, 5:9][..., decimals],
+        third=logprobs[:, 9:49][..., decimals].reshape(n, 4, 10, 10),
+    )
 
 
 def candidate_logprobs(
