@@ -11,7 +11,9 @@ and device moves (`vq_reward.devices`) live beside the scorer; its `as_*`, `degr
 `onload` methods are one-line shortcuts to them.
 """
 
+import contextlib
 import importlib.util
+import inspect
 import os
 import threading
 import warnings
@@ -24,12 +26,12 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, PreTrainedModel, ProcessorMixin
 
 from vq_reward import devices, prompts, qinsight
-from vq_reward.hub import resolve_model
-from vq_reward.loading import check_loaded, load_processor
-from vq_reward.images import MAX_INPUT_PIXELS, ImageSource, Images, check_input_range, image_sources, resize_for_model
-from vq_reward.parsing import parse_answer
 from vq_reward.backends import Backend
 from vq_reward.backends.hf import HFBackend
+from vq_reward.hub import resolve_model
+from vq_reward.images import MAX_INPUT_PIXELS, Images, ImageSource, check_input_range, image_sources, resize_for_model
+from vq_reward.loading import check_loaded, load_processor
+from vq_reward.parsing import parse_answer
 from vq_reward.readout import FIRST_DIGITS, READOUTS, NumberTokens, Request, ScoreDetails, chat_text
 
 
@@ -77,17 +79,28 @@ class ScorerRecipe:
     """How to load a copy of a scorer: what reward adapters pickle instead of the weights.
 
     Attributes:
-        model: an absolute local folder, or a hub id.
+        model: an absolute local folder, or a hub id (for a server scorer: the served model id).
         load: `from_pretrained` loading arguments (dtype, attention, revision, pixel budget).
         settings: the scorer's settings at the time the recipe was taken (prompt, readout, batch size, ...).
+        backend: "hf", "vllm" or "server".
+        backend_args: the backend's own arguments: vLLM engine arguments, or the server URLs and client settings.
     """
 
     model: str
     load: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    backend: str = "hf"
+    backend_args: dict[str, Any] | None = None
 
     def build(self, device: str | torch.device) -> "VisualQualityScorer":
-        """Load the scorer this recipe describes onto `device`."""
+        """Load the scorer this recipe describes (onto `device` for the HF backend; the others ignore it)."""
+        backend, args = getattr(self, "backend", "hf"), dict(getattr(self, "backend_args", None) or {})
+        if backend == "server":
+            return VisualQualityScorer.from_server(args.pop("urls"), model=self.model, **args, **self.load,
+                                                   **self.settings)  # fmt: skip
+        if backend == "vllm":
+            load = {**self.load, **args, **self.settings}
+            return VisualQualityScorer.from_pretrained(self.model, backend="vllm", **load)
         return VisualQualityScorer.from_pretrained(self.model, device=device, **self.load, **self.settings)
 
 
@@ -171,6 +184,7 @@ class VisualQualityScorer:
         # Reward loops call from worker threads: one batch at a time through the processor and the model.
         self.lock = threading.RLock()
         self.load_source: tuple[str, dict[str, Any]] | None = None  # set by from_pretrained, used by recipe()
+        self.backend_args: dict[str, Any] = {}  # likewise: the vllm engine's or the server client's arguments
         self._prompt_cache: dict[tuple, str] = {}
         self._onload_device: torch.device | None = None
 
@@ -179,37 +193,60 @@ class VisualQualityScorer:
         cls,
         model_id_or_path: str | os.PathLike,
         *,
+        backend: Literal["hf", "vllm"] = "hf",
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         attn_implementation: str = "sdpa",
         min_pixels: int | None = None,
         max_pixels: int | None = None,
         revision: str | None = None,
-        **scorer_kwargs: Any,
+        **kwargs: Any,
     ) -> "VisualQualityScorer":
         """Load a checkpoint: "tiny" (the offline smoke model), a local folder, or a Hugging Face hub id.
 
         Args:
             model_id_or_path: e.g. "TianheWu/VisualQuality-R1-7B", a folder written by `save_pretrained` or by
                 training, or "tiny".
-            device: where the model runs ("cpu" unless you say otherwise).
+            backend: "hf" (default): the transformers model in this process; "vllm": vLLM's offline engine in this
+                process (`vq_reward.backends.vllm`; needs vLLM installed), same prompts, pixel budget and readouts.
+            device: where the HF model runs ("cpu" unless you say otherwise); vLLM picks its own devices.
             dtype: `None` means bfloat16 on CUDA (the checkpoints' own dtype) and float32 elsewhere.
             attn_implementation: "sdpa" (default, everywhere), "flash_attention_2" (CUDA, `pip install
                 'vq-reward[flash]'`) or "eager".
             min_pixels / max_pixels: the pixel budget images are resized into; `None` keeps the checkpoint's
                 (3136 / 12845056 for the 7B checkpoints).
             revision: a hub revision (branch, tag or commit).
-            **scorer_kwargs: passed to the constructor (`question`, `readout`, `batch_size`, ...).
+            **kwargs: constructor settings (`question`, `readout`, `batch_size`, ...); with `backend="vllm"` the
+                others are `vllm.LLM` engine arguments (`tensor_parallel_size`, `gpu_memory_utilization`,
+                `max_model_len`, `kv_cache_memory_bytes`, `enable_prefix_caching`, `seed`, `enforce_eager`, ...).
         """
+        scorer_kwargs, engine_kwargs = _split_settings(kwargs)
+        if backend not in ("hf", "vllm"):
+            raise ValueError(f"backend must be 'hf' or 'vllm' (servers: from_server), got {backend!r}.")
+        if backend == "hf" and engine_kwargs:
+            raise TypeError(
+                f"from_pretrained() got unexpected keyword arguments {sorted(engine_kwargs)} (engine arguments apply "
+                "to backend='vllm' only)."
+            )
         if attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
             raise ImportError(
                 "attn_implementation='flash_attention_2' needs flash-attn: pip install 'vq-reward[flash]' on a CUDA "
                 "machine, or use attn_implementation='sdpa'."
             )
         path = resolve_model(model_id_or_path, revision)
-        device = torch.device(device)
-        budget = {key: value for key, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if value is not None}
+        budget = {
+            key: value for key, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if value is not None
+        }
         processor = load_processor(path, revision=revision, **budget)
+        if backend == "vllm":
+            from vq_reward.backends.vllm import VllmBackend
+
+            engine = VllmBackend(path, processor, revision=revision, dtype=dtype, **engine_kwargs)
+            scorer = cls(engine, processor, **scorer_kwargs)
+            scorer.load_source = (path, {"dtype": dtype, "revision": revision, **budget})
+            scorer.backend_args = dict(engine_kwargs)
+            return scorer
+        device = torch.device(device)
         model, info = AutoModelForImageTextToText.from_pretrained(
             path,
             revision=revision,
@@ -225,13 +262,84 @@ class VisualQualityScorer:
                                      "revision": revision, **budget})  # fmt: skip
         return scorer
 
+    @classmethod
+    def from_server(
+        cls,
+        url_or_urls: str | Sequence[str],
+        *,
+        model: str | None = None,
+        processor: ProcessorMixin | str | os.PathLike | None = None,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        timeout: float = 600.0,
+        retries: int = 4,
+        max_workers: int | None = None,
+        **scorer_kwargs: Any,
+    ) -> "VisualQualityScorer":
+        """Score with the model behind vLLM OpenAI-compatible servers (`vq-reward serve MODEL`), e.g. the reward of
+        a training loop on other GPUs. Same prompts, pixel budget, readouts and results as `from_pretrained`.
+
+        Args:
+            url_or_urls: "http://host:port", or a list of URLs serving the same model: batches are spread over
+                them (data parallel across servers).
+            model: the served model id; `None` takes the one model the servers serve.
+            processor: where the processor (tokenizer, chat template, pixel budget) comes from: a processor, a local
+                folder or a hub id. `None`: the served model's root folder when it exists on this machine, else its
+                id (a smoke name, or a hub id: only processor files are fetched).
+            min_pixels / max_pixels: the pixel budget, when the server was started with another than the
+                checkpoint's (the scorer refuses a server that resizes differently).
+            timeout: seconds one HTTP request may take. retries: attempts after the first (429/5xx answers and
+                connection errors, with exponential backoff). max_workers: requests in flight (32 per server).
+            **scorer_kwargs: constructor settings (`question`, `readout`, `batch_size`, ...).
+
+        Example (not run here: it needs a server):
+            >>> scorer = VisualQualityScorer.from_server("http://localhost:8000")  # doctest: +SKIP
+            >>> reward_fn = scorer.as_reward()  # doctest: +SKIP
+        """
+        from vq_reward.backends.server import ServerBackend, ServerError
+
+        backend = ServerBackend(url_or_urls, model=model, timeout=timeout, retries=retries, max_workers=max_workers)
+        budget = {key: value for key, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if value}
+        if processor is None or isinstance(processor, (str, os.PathLike)):
+            candidates = [os.fspath(processor)] if processor is not None else [
+                name for name in (backend.root, backend.model_id) if name]  # fmt: skip
+            loaded, errors = None, []
+            for name in candidates:
+                try:
+                    loaded = load_processor(resolve_model(name), **budget)
+                    break
+                except (OSError, ValueError) as error:
+                    errors.append(f"{name}: {error}")
+            if loaded is None:
+                raise ServerError(
+                    f"cannot load the processor of the model served at {backend.urls[0]} (id {backend.model_id!r}, "
+                    f"root {backend.root!r}) on this machine ({'; '.join(errors)}). Pass processor= (a local folder "
+                    "or hub id with the served model's tokenizer and chat template) and min_pixels=/max_pixels= as "
+                    "the server was started with."
+                )
+            processor_source = processor
+            processor = loaded
+        else:
+            processor_source = processor
+        backend.attach(processor)
+        scorer = cls(backend, processor, **scorer_kwargs)
+        load = dict(budget)
+        if processor_source is not None:
+            is_path = isinstance(processor_source, os.PathLike)
+            load["processor"] = os.fspath(processor_source) if is_path else processor_source
+        scorer.load_source = (backend.model_id, load)
+        scorer.backend_args = {"urls": list(backend.urls), "timeout": timeout, "retries": retries,
+                               "max_workers": max_workers}  # fmt: skip
+        return scorer
+
     @property
     def model(self) -> PreTrainedModel:
         """The in-process HF model (the "hf" backend only: vLLM's engine and servers hold theirs elsewhere)."""
         if not isinstance(self.backend, HFBackend):
             raise TypeError(
                 f"this scorer runs on the {self.backend.name} backend, which has no in-process model; the "
-                "differentiable reward, the Q-Insight readouts and device moves need from_pretrained(..., backend='hf')."
+                "differentiable reward, the Q-Insight readouts and device moves need "
+                "from_pretrained(..., backend='hf')."
             )
         return self.backend.model
 
@@ -267,7 +375,8 @@ class VisualQualityScorer:
                 "VisualQualityScorer.from_pretrained(...) (a hub id, a local folder or 'tiny')."
             )
         model, load = self.load_source
-        return ScorerRecipe(model=model, load=dict(load), settings=self.settings())
+        return ScorerRecipe(model=model, load=dict(load), settings=self.settings(), backend=self.backend.name,
+                            backend_args=dict(self.backend_args))  # fmt: skip
 
     def prompt(self, thinking: bool = False) -> str:
         """The chat-templated prompt (assistant turn opened) for one image; the readouts append `answer_prefix`."""
@@ -286,7 +395,9 @@ class VisualQualityScorer:
         """What a batch asks the model: the chat, its rendered text, and (with `forced`) the answer prefix."""
         text = prompts.STYLES[self.prompt_style].user_text(self.question, thinking)
         messages = prompts.image_message(text, self.system)
-        return Request(messages=messages, text=self.prompt(thinking), answer_prefix=self.answer_prefix if forced else "")
+        return Request(
+            messages=messages, text=self.prompt(thinking), answer_prefix=self.answer_prefix if forced else ""
+        )
 
     def prepare(self, images: Images, input_range: tuple[float, float] = (0.0, 1.0)) -> list[Image.Image]:
         """The canonical form of `images`: RGB PIL images at the size the model sees (see `vq_reward.images`)."""
@@ -337,7 +448,7 @@ class VisualQualityScorer:
         parts: list[tuple[list[int], ScoreDetails]] = []
         for indices in self._size_sorted_batches(sources, batch_size):
             batch = [self._resized(sources[i]) for i in indices]  # decoded one batch at a time
-            with self.lock:
+            with self._backend_lock():
                 parts.append((indices, self.backend.read_scores(request, batch, self.tokens, name)))
         return _in_input_order(parts, len(sources), name)
 
@@ -371,7 +482,7 @@ class VisualQualityScorer:
         texts = [""] * len(sources)
         for indices in self._size_sorted_batches(sources, batch_size):
             batch = [self._resized(sources[i]) for i in indices]
-            with self.lock:
+            with self._backend_lock():
                 generated = self.backend.generate(request, batch, settings)
             for i, text in zip(indices, generated, strict=True):
                 texts[i] = text
@@ -392,7 +503,8 @@ class VisualQualityScorer:
         samples the model's reasoning with Q-Insight's settings (`generate_kwargs` override them).
 
         Example:
-            >>> scorer.degradation(torch.rand(1, 3, 56, 56))[0].distortion_class in qinsight.DEGRADATION_CLASSES + ("null",)
+            >>> found = scorer.degradation(torch.rand(1, 3, 56, 56))[0]
+            >>> found.distortion_class in qinsight.DEGRADATION_CLASSES + ("null",)
             True
         """
         prepared = self.prepare(images)
@@ -419,7 +531,9 @@ class VisualQualityScorer:
         """
         columns = [self.prepare(images) for images in (reference, image_a, image_b)]
         if len({len(column) for column in columns}) != 1:
-            counts = ", ".join(f"{n}: {len(c)}" for n, c in zip(("reference", "image_a", "image_b"), columns, strict=True))
+            counts = ", ".join(
+                f"{n}: {len(c)}" for n, c in zip(("reference", "image_a", "image_b"), columns, strict=True)
+            )
             raise ValueError(f"compare() needs as many references as A and B images; got {counts}.")
         triples = [list(triple) for triple in zip(*columns, strict=True)]
         settings = {**prompts.STYLES["q-insight"].generation_settings(True), **generate_kwargs}
@@ -475,7 +589,9 @@ class VisualQualityScorer:
         """
         from vq_reward.rewards import DifferentiableQualityReward  # the shortcut's one upward import
 
-        return DifferentiableQualityReward(self, input_range=input_range, gradient_checkpointing=gradient_checkpointing)
+        return DifferentiableQualityReward(
+            self, input_range=input_range, gradient_checkpointing=gradient_checkpointing
+        )
 
     def as_trl_reward(
         self, image_key: str | None = "image", image_fn: Callable[..., Sequence[Any]] | None = None
@@ -484,6 +600,10 @@ class VisualQualityScorer:
         from vq_reward.rewards import TrlQualityReward  # the shortcut's one upward import
 
         return TrlQualityReward(self, image_key=image_key, image_fn=image_fn)
+
+    def _backend_lock(self) -> contextlib.AbstractContextManager:
+        """The scorer's lock around a backend call; none for a backend that takes concurrent calls (servers)."""
+        return contextlib.nullcontext() if getattr(self.backend, "concurrent", False) else self.lock
 
     def _sources(self, images: Images, input_range: tuple[float, float]) -> list[ImageSource]:
         return image_sources(images, check_input_range(input_range), self.max_input_pixels, self.exif_transpose)
@@ -517,6 +637,12 @@ def _in_input_order(parts: list[tuple[list[int], ScoreDetails]], count: int, nam
         scores=gather("scores"), std=gather("std"), probs=gather("probs"), digit_mass=gather("digit_mass"),
         dot_mass=gather("dot_mass"), readout=name,
     )  # fmt: skip
+
+
+def _split_settings(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Keyword arguments split into the constructor's settings and the rest (a backend's engine arguments)."""
+    names = set(inspect.signature(VisualQualityScorer.__init__).parameters) - {"self", "model", "processor"}
+    return ({k: v for k, v in kwargs.items() if k in names}, {k: v for k, v in kwargs.items() if k not in names})
 
 
 def _check_readout(name: str) -> None:

@@ -1,4 +1,4 @@
-"""`DifferentiableQualityReward`: the scorer's readout with a graph back to the input pixels (DRaFT, AlignProp, ReFL)."""
+"""`DifferentiableQualityReward`: the scorer's readout with a graph back to the pixels (DRaFT, AlignProp, ReFL)."""
 
 import contextlib
 import os
@@ -59,6 +59,13 @@ class DifferentiableQualityReward:
         device: str | torch.device | None = None,
         load_kwargs: dict[str, Any] | None = None,
     ) -> None:
+        if isinstance(scorer, VisualQualityScorer) and scorer.backend.name != "hf":
+            raise TypeError(
+                f"DifferentiableQualityReward needs the in-process HF model: gradients cannot flow back through the "
+                f"{scorer.backend.name} backend (a vLLM engine or server returns numbers, not a graph). Load the "
+                "scorer with VisualQualityScorer.from_pretrained(..., backend='hf'), or use as_reward() for a reward "
+                "without gradients."
+            )
         self.source = ScorerSource(scorer, device, load_kwargs)
         self.input_range = check_input_range(input_range)
         self.gradient_checkpointing = gradient_checkpointing
@@ -76,7 +83,9 @@ class DifferentiableQualityReward:
         for start in range(0, len(unit), scorer.batch_size):
             chunk = unit[start : start + scorer.batch_size]
             # One (N, 3, H, W) tensor has one size, so its chunk is resized in one call; a list may mix sizes.
-            pixel_values, grid = pixel_inputs(torch.stack(chunk) if isinstance(images, torch.Tensor) else chunk, layout)
+            pixel_values, grid = pixel_inputs(
+                torch.stack(chunk) if isinstance(images, torch.Tensor) else chunk, layout
+            )
             with scorer.lock, self._checkpointing(scorer.model):
                 tokens = readout.token_inputs(scorer.processor, [scorer.readout_prompt()] * len(grid), grid)
                 inputs = {
@@ -121,8 +130,8 @@ def _is_checkpointing(model: torch.nn.Module) -> bool:
 def _tensor_list(images: torch.Tensor | Sequence[torch.Tensor], max_pixels: int) -> list[torch.Tensor]:
     if isinstance(images, torch.Tensor) and (images.ndim != 4 or images.shape[1] != 3):
         raise ImageInputError(
-            f"images has shape {tuple(images.shape)}; expected (N, 3, H, W) RGB, channels first (use .permute(0, 3, 1, "
-            "2) for NHWC), or a list of (3, H, W) tensors."
+            f"images has shape {tuple(images.shape)}; expected (N, 3, H, W) RGB, channels first (use "
+            ".permute(0, 3, 1, 2) for NHWC), or a list of (3, H, W) tensors."
         )
     batch = list(images)
     if not batch:
@@ -137,8 +146,8 @@ def _tensor_list(images: torch.Tensor | Sequence[torch.Tensor], max_pixels: int)
             )
         if image.ndim != 3 or image.shape[0] != 3:
             raise ImageInputError(
-                f"{name} has shape {tuple(image.shape)}; expected (3, H, W) RGB, channels first (use .permute(2, 0, 1) "
-                "for HWC)."
+                f"{name} has shape {tuple(image.shape)}; expected (3, H, W) RGB, channels first (use "
+                ".permute(2, 0, 1) for HWC)."
             )
         height, width = image.shape[-2:]
         if min(height, width) < MIN_SIDE:
