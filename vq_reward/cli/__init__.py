@@ -6,6 +6,7 @@ so `vq-reward --help` starts without torch or transformers.
     vq-reward make-tiny PATH                                                  # the random smoke checkpoint
     vq-reward distort | prepare-data | prepare-degradation | prepare-comparison | merge-data   # training data
     vq-reward eval --labels data/KADID-10K_test.jsonl --model runs/kadid --output eval/kadid.json
+    vq-reward serve TianheWu/VisualQuality-R1-7B --host 0.0.0.0   # vLLM server for score --server / from_server
 
 A failure prints one line (what is wrong and how to fix it) and exits non-zero; `--debug` shows the traceback.
 """
@@ -14,7 +15,7 @@ import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-from vq_reward.cli import data, evaluate, score
+from vq_reward.cli import data, evaluate, score, serve
 
 
 class Parser(argparse.ArgumentParser):
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback when a command fails")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (score, data, evaluate):
+    for module in (score, data, evaluate, serve):
         module.add_commands(commands)
     return parser
 

@@ -27,14 +27,33 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--model` (required), `--device`, `--dtype`, `--min-pixels`, `--max-pixels`, `--readout`."""
+def add_model_arguments(parser: argparse.ArgumentParser, backends: bool = False) -> None:
+    """`--model` (required), `--device`, `--dtype`, `--min-pixels`, `--max-pixels`, `--readout`.
+
+    With `backends`, also `--backend hf|vllm`, `--tensor-parallel-size` and `--server URL` (repeatable), and
+    `--model` is required only without `--server` (with it, `--model` names the served model, if several are).
+    """
+    if backends:
+        parser.add_argument("--backend", default="hf", choices=["hf", "vllm"],
+                            help="where the model runs: hf (transformers, this process; default) or vllm (vLLM's "
+                            "offline engine in this process; needs vLLM installed)")  # fmt: skip
+        parser.add_argument("--tensor-parallel-size", type=positive_int, default=1,
+                            help="--backend vllm: GPUs per model copy (default 1)")  # fmt: skip
+        parser.add_argument("--server", action="append", default=None, metavar="URL",
+                            help="score on a vLLM server started with `vq-reward serve`; repeat for several "
+                            "servers (images are spread over them)")  # fmt: skip
+        parser.add_argument("--server-timeout", type=float, default=600.0,
+                            help="--server: seconds one request may take (default 600)")  # fmt: skip
+        parser.add_argument("--server-retries", type=non_negative_int, default=4,
+                            help="--server: retries of a failed request, exponential backoff (default 4)")  # fmt: skip
     parser.add_argument(
-        "--model", required=True,
-        help="hub id (e.g. TianheWu/VisualQuality-R1-7B), local checkpoint folder, or a smoke model: 'taught' (answers "
-        "follow image quality) or 'tiny' (random; its scores mean nothing)",
+        "--model", required=not backends,
+        help="hub id (e.g. TianheWu/VisualQuality-R1-7B), local checkpoint folder, or a smoke model: 'taught' "
+        "(answers follow image quality) or 'tiny' (random; its scores mean nothing)",
     )  # fmt: skip
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)"
+    )
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="weights' dtype (auto: bfloat16 on CUDA, float32 on CPU)")  # fmt: skip
     parser.add_argument("--min-pixels", type=positive_int, default=None,
@@ -50,6 +69,19 @@ def load_scorer(args: argparse.Namespace, batch_size: int = 8):
     """The scorer the model arguments ask for, with a clear error for a device this machine does not have."""
     from vq_reward.hub import resolve_model
 
+    kwargs = {} if args.readout is None else {"readout": args.readout}
+    if getattr(args, "server", None):
+        if args.backend != "hf":
+            raise ValueError("--server and --backend vllm exclude each other: the server runs vLLM itself.")
+        quiet_loading()
+        from vq_reward.scorer import VisualQualityScorer
+
+        return VisualQualityScorer.from_server(
+            args.server, model=args.model, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+            timeout=args.server_timeout, retries=args.server_retries, batch_size=batch_size, **kwargs,
+        )  # fmt: skip
+    if not args.model:
+        raise ValueError("--model is required (or --server URL of a running vq-reward serve).")
     model = resolve_model(args.model)  # a wrong name or an unreachable hub fails here, before torch loads
     quiet_loading()
     import torch
@@ -65,7 +97,8 @@ def load_scorer(args: argparse.Namespace, batch_size: int = 8):
     elif args.model == "taught":
         print("Using the taught smoke model (0.7M parameters, taught on synthetic degradations): a demo, not a real "
               "quality model.", file=sys.stderr)  # fmt: skip
-    kwargs = {} if args.readout is None else {"readout": args.readout}
+    if getattr(args, "backend", "hf") == "vllm":
+        kwargs.update(backend="vllm", tensor_parallel_size=args.tensor_parallel_size)
     return VisualQualityScorer.from_pretrained(
         model,
         device=device,

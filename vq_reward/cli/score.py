@@ -6,14 +6,13 @@ import sys
 from vq_reward.cli.options import add_model_arguments, load_scorer, positive_int
 
 
-
 def add_commands(commands: argparse._SubParsersAction) -> None:
     score = commands.add_parser(
         "score", help="score image files and folders into a resumable JSONL file",
         description="Score images into a JSONL file, one line per image; rerunning the same command resumes.",
     )  # fmt: skip
     score.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
-    add_model_arguments(score)
+    add_model_arguments(score, backends=True)
     score.add_argument("--output", required=True, help="JSONL results file; rerunning with the same file resumes")
     score.add_argument("--thinking", action="store_true", help="generate the model's reasoning too (sampled, slower)")
     score.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default 8)")
@@ -28,6 +27,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def run_score(args: argparse.Namespace) -> int:
+    if not args.server and not args.model:
+        print("vq-reward score: error: the following arguments are required: --model (or --server URL)",
+              file=sys.stderr)  # fmt: skip
+        return 2
     from vq_reward.data.files import IMAGE_EXTENSIONS, find_images
     from vq_reward.hub import canonical_name, resolve_model
 
@@ -36,7 +39,8 @@ def run_score(args: argparse.Namespace) -> int:
         print(f"vq-reward score: error: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {args.paths}.",
               file=sys.stderr)  # fmt: skip
         return 1
-    resolve_model(args.model)  # a wrong name fails before anything heavy is imported
+    if not args.server:
+        resolve_model(args.model)  # a wrong name fails before anything heavy is imported
 
     from vq_reward.data.results import ResultsFile, score_files
 
@@ -47,7 +51,7 @@ def run_score(args: argparse.Namespace) -> int:
         scorer,
         paths,
         args.output,
-        model_name=canonical_name(args.model),
+        model_name=scorer.load_source[0] if args.server else canonical_name(args.model),
         thinking=args.thinking,
         retry_errors=args.retry_errors,
         generate_kwargs={"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else None,
