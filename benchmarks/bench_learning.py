@@ -12,7 +12,7 @@ label before and after (overall, and per distortion kind ranked together with th
     OMP_NUM_THREADS=1 python benchmarks/bench_learning.py --max-steps 800 --output runs/bench_learning_cosine
     python benchmarks/bench_learning.py --quick --output /tmp/bench_learning   # 2 steps on a few crops (tests)
 
-The images are written by `vq_reward.data.distortions.make_distorted_set` from the crops (saved as clean PNGs
+The images are written by `vq_reward.data.distorted_sets.make_distorted_set` from the crops (saved as clean PNGs
 first), so they are exactly what `vq-reward distort` makes. Measured runs and why blur, noise and JPEG stay near 0
 on the tiny model: benchmarks/README.md (curves and figures in results/learning/).
 """
@@ -29,7 +29,7 @@ from common import CROP, HELD_OUT_PHOTOS, REPO, distorted_crops, make_crops, sam
 from transformers import TrainerCallback
 
 from vq_reward import VisualQualityScorer
-from vq_reward.data.distortions import DISTORTIONS
+from vq_reward.distortions import DISTORTIONS
 from vq_reward.data.rows import write_jsonl
 from vq_reward.eval.metrics import srcc
 from vq_reward.hub import tiny_checkpoint

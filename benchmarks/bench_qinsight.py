@@ -31,7 +31,7 @@ label; "null" for clean images) and both-right accuracy before and after, with t
     OMP_NUM_THREADS=1 python benchmarks/bench_qinsight.py --steps 600 --seed 0 --output runs/bench_qinsight
     python benchmarks/bench_qinsight.py --quick --output /tmp/bench_qinsight   # 2 steps on a few crops (tests)
 
-The images are written by `vq_reward.data.distortions.make_distorted_set` from the crops (saved as clean PNGs
+The images are written by `vq_reward.data.distorted_sets.make_distorted_set` from the crops (saved as clean PNGs
 first). Measured runs: benchmarks/README.md (curves and figures in results/qinsight/).
 """
 
@@ -48,7 +48,7 @@ from common import CROP, HELD_OUT_PHOTOS, REPO, distorted_crops, make_crops, sam
 from transformers import TrainerCallback
 
 from vq_reward import VisualQualityScorer
-from vq_reward.data.distortions import CLEAN_CLASS, DISTORTIONS
+from vq_reward.distortions import CLEAN_CLASS, DISTORTIONS
 from vq_reward.data.rows import write_jsonl
 from vq_reward.hub import tiny_checkpoint
 from vq_reward.train.grpo import main as train

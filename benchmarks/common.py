@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vq_reward.data.distortions import DISTORTIONS, DistortedImage, make_distorted_set
+from vq_reward.data.distorted_sets import DistortedImage, make_distorted_set
+from vq_reward.distortions import DISTORTIONS
 from vq_reward.images import load_image
 
 

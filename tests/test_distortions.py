@@ -4,13 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vq_reward.data.distortions import (
-    DISTORTIONS,
-    distort,
-    make_distorted_set,
-    quality_label,
-    severity_name,
-)
+from vq_reward.data.distorted_sets import make_distorted_set
+from vq_reward.distortions import DISTORTIONS, distort, quality_label, severity_name
 
 
 PHOTO = "examples/images/chelsea.jpg"

@@ -2,9 +2,9 @@
 
 Layers, lowest first (a module may import its own layer and the ones below it, never one above):
 
-    core     images, prompts, parsing, readout, qinsight, devices, smoke, hub, scorer, backends (vq_reward/*.py)
+    core     images, prompts, parsing, distortions, readout, qinsight, smoke, hub, scorer, backends (vq_reward/*.py)
     rewards  vq_reward/rewards/   reward adapters for other people's loops
-    data     vq_reward/data/      labels, rows, JSONL, distortions, results files
+    data     vq_reward/data/      labels, rows, JSONL, distorted sets, results files
     eval     vq_reward/eval/      metrics and reports
     cli      vq_reward/cli/       the command line: imports the library, never imported by it
     train    vq_reward/train/     retraining: imports the library, never imported by it

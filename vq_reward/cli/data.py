@@ -155,7 +155,7 @@ def _prepare_comparison(args: argparse.Namespace) -> int:
 
 
 def _distort(args: argparse.Namespace) -> int:
-    from vq_reward.data.distortions import make_distorted_set
+    from vq_reward.data.distorted_sets import make_distorted_set
 
     rows = make_distorted_set(
         args.source_dir,

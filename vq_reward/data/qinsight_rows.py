@@ -32,7 +32,7 @@ def read_label_objects(path: str | Path) -> list[dict]:
     """Read a JSON list or a JSONL file of objects (errors name the file and line).
 
     Example:
-        >>> from vq_reward.data.distortions import make_distorted_set
+        >>> from vq_reward.data.distorted_sets import make_distorted_set
         >>> _ = make_distorted_set("examples/images", tmp_path, kinds=("blur",), levels=(1,), crops_per_image=1)
         >>> read_label_objects(tmp_path / "distortions.jsonl")[0]["distortion_class"]
         'null'
