@@ -1,5 +1,6 @@
 """The README's commands and snippets run as written (on the smoke models), so a newcomer's first hour works."""
 
+import os
 import re
 import shlex
 from pathlib import Path
@@ -32,6 +33,13 @@ def test_the_main_command_runs_offline_and_degraded_copies_score_lower(tmp_path,
     monkeypatch.chdir(REPO)
     assert main(argv) == 0
     assert "--model taught" in command  # the smoke model whose scores follow image quality, clearly labelled
+    from vq_reward.data.results import ResultsFile
+
+    with ResultsFile(tmp_path / "results.jsonl") as results:
+        scores = {os.path.basename(path): score for path, score in results.scores().items()}
+    kinds = ("blur", "noise", "darken")
+    assert scores["chelsea__clean.png"] > max(scores[f"chelsea__{k}2.png"] for k in kinds)
+    assert min(scores[f"chelsea__{k}2.png"] for k in kinds) > max(scores[f"chelsea__{k}4.png"] for k in kinds)
 
 
 def test_every_file_the_tree_names_exists():

@@ -1,8 +1,9 @@
 """Model names: the offline smoke checkpoints ("tiny"), local folders and Hugging Face hub ids.
 
-"tiny" is the random smoke checkpoint (`vq_reward.smoke`), built on first use into the cache folder
-(`$VQ_REWARD_CACHE`, else `~/.cache/vq_reward`) and reused after; its scores mean nothing. Every name the CLI
-accepts works the same in Python (`VisualQualityScorer.from_pretrained("tiny")`).
+"tiny" (random weights; its scores mean nothing) and "taught" (answers that follow image quality; a demo) are the
+smoke checkpoints of `vq_reward.smoke`, built on first use into the cache folder (`$VQ_REWARD_CACHE`, else
+`~/.cache/vq_reward`) and reused after. Every name the CLI accepts works the same in Python
+(`VisualQualityScorer.from_pretrained("taught")`).
 
 A hub id is used from the local Hugging Face cache when the hub cannot be reached (or `HF_HUB_OFFLINE=1`), and
 fails within seconds, with one line saying how to download it, when it is not cached; the hub client's own retries
@@ -28,13 +29,25 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def tiny_checkpoint(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The tiny random checkpoint in the cache folder, built on first use."""
+    """The tiny random checkpoint in the cache folder, built on first use (under a second)."""
     from vq_reward.smoke import build_tiny_checkpoint  # transformers is imported only to build it
 
     return _cached(cache_root(cache_dir) / f"tiny-qwen2.5-vl-v{SMOKE_VERSION}", build_tiny_checkpoint)
 
 
-SMOKE_MODELS: dict[str, Callable[[], Path]] = {"tiny": tiny_checkpoint}
+def taught_checkpoint(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The taught smoke checkpoint in the cache folder, built and taught on first use (about a minute on CPU).
+
+    Example:
+        >>> (taught_checkpoint() / "model.safetensors").is_file()
+        True
+    """
+    from vq_reward.smoke import build_taught_checkpoint
+
+    return _cached(cache_root(cache_dir) / f"taught-qwen2.5-vl-v{SMOKE_VERSION}", build_taught_checkpoint)
+
+
+SMOKE_MODELS: dict[str, Callable[[], Path]] = {"tiny": tiny_checkpoint, "taught": taught_checkpoint}
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")

@@ -95,7 +95,7 @@ def load_scorer(args: argparse.Namespace, batch_size: int = 8):
         print("Using the tiny RANDOM smoke model: its scores mean nothing. Pass a real --model to score for real.",
               file=sys.stderr)  # fmt: skip
     elif args.model == "taught":
-        print("Using the taught smoke model (0.7M parameters, taught on synthetic degradations): a demo, not a real "
+        print("Using the taught smoke model (1.2M parameters, taught on synthetic degradations): a demo, not a real "
               "quality model.", file=sys.stderr)  # fmt: skip
     if getattr(args, "backend", "hf") == "vllm":
         kwargs.update(backend="vllm", tensor_parallel_size=args.tensor_parallel_size)

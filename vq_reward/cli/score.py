@@ -1,6 +1,7 @@
 """`vq-reward score` (files and folders into a resumable JSONL file) and `vq-reward make-tiny`."""
 
 import argparse
+import os
 import sys
 
 from vq_reward.cli.options import add_model_arguments, load_scorer, positive_int
@@ -21,8 +22,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     score.add_argument("--retry-errors", action="store_true", help="try again the files that failed last time")
     score.set_defaults(run=run_score)
 
-    tiny = commands.add_parser("make-tiny", help="write the tiny random Qwen2.5-VL smoke checkpoint to a folder")
+    tiny = commands.add_parser("make-tiny", help="write a smoke checkpoint (tiny random, or --taught) to a folder")
     tiny.add_argument("path", help="folder to write the checkpoint into")
+    tiny.add_argument("--taught", action="store_true",
+                      help="the taught smoke model (answers follow image quality; about a minute on CPU)")  # fmt: skip
     tiny.set_defaults(run=run_make_tiny)
 
 
@@ -63,11 +66,27 @@ def run_score(args: argparse.Namespace) -> int:
     if summary.errors > len(summary.first_errors):
         print(f"  ... and {summary.errors - len(summary.first_errors)} more; every reason is in {args.output}",
               file=sys.stderr)  # fmt: skip
+    _print_scores(args.output, paths)
     return 1 if summary.errors and not summary.scored and not summary.skipped else 0
 
 
-def run_make_tiny(args: argparse.Namespace) -> int:
-    from vq_reward.smoke import build_tiny_checkpoint
+def _print_scores(output: str, paths: list[str], shown: int = 20) -> None:
+    """The scores of this run's images, best first (the best and worst few of a long run)."""
+    from vq_reward.data.results import ResultsFile
 
-    print(build_tiny_checkpoint(args.path))
+    with ResultsFile(output) as results:
+        scores = results.scores()
+    ranked = sorted(((scores[p], p) for p in paths if p in scores), reverse=True)
+    if len(ranked) > shown:
+        ranked = ranked[: shown // 2] + [(None, f"... {len(ranked) - shown} more ...")] + ranked[-shown // 2 :]
+    here = os.getcwd() + os.sep
+    for score, path in ranked:
+        shown_path = path[len(here) :] if path.startswith(here) else path
+        print(f"{score:6.3f}  {shown_path}" if score is not None else f"{'':6}  {shown_path}")
+
+
+def run_make_tiny(args: argparse.Namespace) -> int:
+    from vq_reward.smoke import build_taught_checkpoint, build_tiny_checkpoint
+
+    print(build_taught_checkpoint(args.path) if args.taught else build_tiny_checkpoint(args.path))
     return 0

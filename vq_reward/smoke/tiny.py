@@ -2,8 +2,9 @@
 
 `vq_reward.hub` caches it under the name "tiny". It is a real checkpoint (config, safetensors weights, byte-level
 BPE tokenizer, Qwen2.5-VL chat template, image processor), loadable by `from_pretrained` with no network, and
-byte-identical on every build. Its scores mean nothing: the weights are random. It has Qwen's special tokens in Qwen's order, every digit is its own token as in
-Qwen's tokenizer, and `<think>`/`<answer>` are plain text, as in Qwen2.5-VL.
+byte-identical on every build. Its scores mean nothing: the weights are random. It has Qwen's special tokens in
+Qwen's order, every digit is its own token as in Qwen's tokenizer, and `<think>`/`<answer>` are plain text, as in
+Qwen2.5-VL. The taught smoke model (`vq_reward.smoke.taught`) shares its tokenizer, template and image processor.
 """
 
 import json
@@ -79,7 +80,7 @@ def build_tiny_checkpoint(path: str | os.PathLike) -> Path:
     """
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = _build_tokenizer()
+    tokenizer = build_tokenizer()
     processor = Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS),
         video_processor=Qwen2VLVideoProcessor(),
@@ -91,7 +92,7 @@ def build_tiny_checkpoint(path: str | os.PathLike) -> Path:
     return out
 
 
-def _build_tokenizer() -> Qwen2Tokenizer:
+def build_tokenizer() -> Qwen2Tokenizer:
     bpe = Tokenizer(
         models.BPE(unk_token=None, continuing_subword_prefix="", end_of_word_suffix="", byte_fallback=False)
     )
