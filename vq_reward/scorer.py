@@ -280,8 +280,8 @@ class VisualQualityScorer:
         a training loop on other GPUs. Same prompts, pixel budget, readouts and results as `from_pretrained`.
 
         Args:
-            url_or_urls: "http://host:port", or a list of URLs serving the same model: batches are spread over
-                them (data parallel across servers).
+            url_or_urls: "http://host:port", or a list of URLs serving the same model: images are spread over
+                them, all requests of one image to one server (data parallel across servers).
             model: the served model id; `None` takes the one model the servers serve.
             processor: where the processor (tokenizer, chat template, pixel budget) comes from: a processor, a local
                 folder or a hub id. `None`: the served model's root folder when it exists on this machine, else its

