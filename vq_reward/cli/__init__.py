@@ -12,6 +12,7 @@ A failure prints one line (what is wrong and how to fix it) and exits non-zero; 
 """
 
 import argparse
+import logging
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
@@ -44,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 success, 1 failure, 2 usage error, 130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # DeepSpeed, when installed, warns "Setting accelerator to CPU" on import; that says nothing to a scoring user.
+    logging.getLogger("DeepSpeed").addFilter(lambda record: "Setting accelerator to CPU" not in record.getMessage())
     try:
         return args.run(args) or 0
     except KeyboardInterrupt:

@@ -1,7 +1,6 @@
 """Options shared by the commands that load a scorer, and argparse types that refuse bad values before any work."""
 
 import argparse
-import logging
 import sys
 
 
@@ -109,9 +108,8 @@ def load_scorer(args: argparse.Namespace, batch_size: int = 8):
 
 
 def quiet_loading() -> None:
-    """Keep library chatter that says nothing to a scoring user off the terminal: the weight-loading progress bar
-    and DeepSpeed's "Setting accelerator to CPU" warning (printed on import when deepspeed is installed)."""
-    logging.getLogger("DeepSpeed").addFilter(lambda record: "Setting accelerator to CPU" not in record.getMessage())
+    """Keep the weight-loading progress bar, which says nothing to a scoring user, off the terminal (DeepSpeed's
+    import-time warning is filtered in `vq_reward.cli.main`)."""
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()

@@ -42,13 +42,15 @@ def run_score(args: argparse.Namespace) -> int:
         print(f"vq-reward score: error: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {args.paths}.",
               file=sys.stderr)  # fmt: skip
         return 1
-    if not args.server:
-        resolve_model(args.model)  # a wrong name fails before anything heavy is imported
+    from vq_reward.data.results_file import ResultsFile
 
-    from vq_reward.data.results import ResultsFile, score_files
-
-    with ResultsFile(args.output):  # refuse a file that is not ours, or busy, before loading the model
+    with ResultsFile(args.output):  # refuse a file that is not ours, or busy, before anything heavy
         pass
+    if not args.server:
+        resolve_model(args.model)  # a wrong name fails before torch is imported (a smoke model is built here)
+
+    from vq_reward.data.results import score_files
+
     scorer = load_scorer(args, args.batch_size)
     summary = score_files(
         scorer,
@@ -72,7 +74,7 @@ def run_score(args: argparse.Namespace) -> int:
 
 def _print_scores(output: str, paths: list[str], shown: int = 20) -> None:
     """The scores of this run's images, best first (the best and worst few of a long run)."""
-    from vq_reward.data.results import ResultsFile
+    from vq_reward.data.results_file import ResultsFile
 
     with ResultsFile(output) as results:
         scores = results.scores()
