@@ -10,7 +10,6 @@ import math
 import numpy as np
 import torch
 from transformers import (
-    GenerationConfig,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLProcessor,
@@ -19,7 +18,7 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-from vq_reward.smoke.tiny import CHAT_TEMPLATE, TINY_MAX_PIXELS, TINY_MIN_PIXELS
+from vq_reward.smoke.tiny import CHAT_TEMPLATE, TINY_MAX_PIXELS, TINY_MIN_PIXELS, smoke_config, smoke_generation_config
 
 
 # Vision tower layout: one channel per role, so the hand-set weights can be read off this table.
@@ -58,57 +57,27 @@ def processor_for(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLProcessor:
 
 
 def _config(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLConfig:
-    ids = tokenizer.convert_tokens_to_ids
-    return Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": TEXT_WIDTH,
-            "intermediate_size": 512,
-            "num_hidden_layers": 1,  # attention is wired by hand; one layer is enough and keeps training cheap
-            "num_attention_heads": TEXT_WIDTH // HEAD_DIM,
-            "num_key_value_heads": TEXT_WIDTH // HEAD_DIM // 2,
-            "max_position_embeddings": 4096,
-            "rms_norm_eps": 1e-6,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
-            "use_sliding_window": False,
-            "sliding_window": None,
-            "max_window_layers": 1,
-            "bos_token_id": ids("<|endoftext|>"),
-            "eos_token_id": ids("<|im_end|>"),
-            "pad_token_id": ids("<|endoftext|>"),
-            "tie_word_embeddings": False,
-        },
-        vision_config={
-            "depth": 2,
-            "hidden_size": VISION_WIDTH,
-            "intermediate_size": 2 * VISION_WIDTH,  # room for the 132 and 154 hand-set units
-            "num_heads": VISION_WIDTH // 32,
-            "in_channels": 3,
-            "patch_size": PATCH,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "window_size": 56,
-            "fullatt_block_indexes": [1],  # block 1 pools over the whole image
-            "out_hidden_size": TEXT_WIDTH,
-            "tokens_per_second": 2,
-        },
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
-        tie_word_embeddings=False,
-    )
+    text = {
+        "hidden_size": TEXT_WIDTH,
+        "intermediate_size": 512,
+        "num_hidden_layers": 1,  # attention is wired by hand; one layer is enough and keeps training cheap
+        "num_attention_heads": TEXT_WIDTH // HEAD_DIM,
+        "num_key_value_heads": TEXT_WIDTH // HEAD_DIM // 2,
+    }
+    vision = {
+        "depth": 2,  # block 1 (the last, full-attention block) pools over the whole image
+        "hidden_size": VISION_WIDTH,
+        "intermediate_size": 2 * VISION_WIDTH,  # room for the 132 and 154 hand-set units
+        "num_heads": VISION_WIDTH // 32,
+        "out_hidden_size": TEXT_WIDTH,
+    }
+    return smoke_config(tokenizer, text, vision)
 
 
 def design_model(tokenizer: Qwen2Tokenizer, seed: int) -> Qwen2_5_VLForConditionalGeneration:
     torch.manual_seed(seed)  # the default init of every weight not set by hand (inside fork_rng: caller unaffected)
     model = Qwen2_5_VLForConditionalGeneration(_config(tokenizer))
-    ids = tokenizer.convert_tokens_to_ids
-    model.generation_config = GenerationConfig(
-        eos_token_id=[ids("<|im_end|>"), ids("<|endoftext|>")],
-        pad_token_id=ids("<|endoftext|>"),
-        bos_token_id=ids("<|endoftext|>"),
-    )
+    model.generation_config = smoke_generation_config(tokenizer)
     rng = np.random.default_rng(seed)
     _design_vision(model.model.visual, rng)
     _design_language_model(model, torch.Generator().manual_seed(seed))

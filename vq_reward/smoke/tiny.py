@@ -154,41 +154,38 @@ def _corpus() -> list[str]:
     return (texts + answers) * 2
 
 
-def _build_model(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLForConditionalGeneration:
+def smoke_config(tokenizer: Qwen2Tokenizer, text: dict, vision: dict) -> Qwen2_5_VLConfig:
+    """A small Qwen2.5-VL config for `tokenizer`: Qwen's token ids and M-RoPE layout, with `text` and `vision` sizes.
+
+    `text` gives hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, num_key_value_heads (head
+    dim 32); `vision` gives depth, hidden_size, intermediate_size, num_heads, out_hidden_size.
+    """
     ids = tokenizer.convert_tokens_to_ids
-    config = Qwen2_5_VLConfig(
+    return Qwen2_5_VLConfig(
         text_config={
             "vocab_size": len(tokenizer),  # exactly the tokenizer: no id can be sampled that it cannot decode
-            "hidden_size": 128,
-            "intermediate_size": 256,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
             "max_position_embeddings": 4096,
             "rms_norm_eps": 1e-6,
             # mrope sections must add up to head_dim / 2 = 16 (the 7B default assumes head_dim 128).
             "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
             "use_sliding_window": False,
             "sliding_window": None,
-            "max_window_layers": 2,
+            "max_window_layers": text["num_hidden_layers"],
             "bos_token_id": ids("<|endoftext|>"),
             "eos_token_id": ids("<|im_end|>"),
             "pad_token_id": ids("<|endoftext|>"),
             "tie_word_embeddings": False,
+            **text,
         },
         vision_config={
-            "depth": 2,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_heads": 2,
             "in_channels": 3,
             "patch_size": 14,
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
             "window_size": 56,  # 2x2 merged-token windows on small images (the 7B uses 112)
-            "fullatt_block_indexes": [1],  # must index into depth=2 (the 7B uses [7, 15, 23, 31])
-            "out_hidden_size": 128,
+            "fullatt_block_indexes": [vision["depth"] - 1],  # must index into the depth (the 7B uses [7, 15, 23, 31])
             "tokens_per_second": 2,
+            **vision,
         },
         image_token_id=ids("<|image_pad|>"),
         video_token_id=ids("<|video_pad|>"),
@@ -196,13 +193,25 @@ def _build_model(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLForConditionalGeneratio
         vision_end_token_id=ids("<|vision_end|>"),
         tie_word_embeddings=False,
     )
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(0)
-    model = Qwen2_5_VLForConditionalGeneration(config)
-    torch.random.set_rng_state(generator_state)
-    model.generation_config = GenerationConfig(
+
+
+def smoke_generation_config(tokenizer: Qwen2Tokenizer) -> GenerationConfig:
+    """Stop at <|im_end|> (or <|endoftext|>), pad with <|endoftext|>; no sampling defaults of its own."""
+    ids = tokenizer.convert_tokens_to_ids
+    return GenerationConfig(
         eos_token_id=[ids("<|im_end|>"), ids("<|endoftext|>")],
         pad_token_id=ids("<|endoftext|>"),
         bos_token_id=ids("<|endoftext|>"),
     )
+
+
+def _build_model(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLForConditionalGeneration:
+    text = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2}  # fmt: skip
+    vision = {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2, "out_hidden_size": 128}
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(smoke_config(tokenizer, text, vision))
+    torch.random.set_rng_state(generator_state)
+    model.generation_config = smoke_generation_config(tokenizer)
     return model
