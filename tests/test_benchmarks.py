@@ -5,13 +5,16 @@ sys.path for the shared `common` module, as `python benchmarks/SCRIPT.py` would 
 """
 
 import importlib.util
+import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+VLLM_PYTHON = os.environ.get("VQ_REWARD_VLLM_PYTHON")
 
 
 @pytest.fixture
@@ -140,3 +143,130 @@ def test_bench_qinsight_quick(load_script, tmp_path, capsys):
     assert "held-out before:" in out and "held-out after:" in out
     assert summary["steps"] == 2 and summary["train_rows"] == 6 * 21 and summary["held_out_images"] == 8 * 21
     assert 0 <= summary["after"]["class"] <= 1 and (tmp_path / "curve.png").exists()
+
+
+# -- bench_gpu.py ----------------------------------------------------------------------------------------------------
+
+GPU_HEADER = ["batch", "path", "images/s", "vs hf-generate", "peak MiB", "memory", "timed"]
+
+
+def test_bench_gpu_7b_checkpoint_is_the_released_architecture(load_script, tmp_path):
+    bench = load_script("bench_gpu")
+    from transformers import AutoConfig
+
+    from vq_reward.loading import load_processor
+
+    folder = bench.write_checkpoint(tmp_path / "7B", "7B")
+    assert not list(folder.glob("*.safetensors"))  # config and processor files only: the weights are random
+    config = AutoConfig.from_pretrained(folder)
+    text, vision = config.text_config, config.vision_config
+    assert (text.hidden_size, text.intermediate_size, text.num_hidden_layers) == (3584, 18944, 28)
+    assert (text.num_attention_heads, text.num_key_value_heads, text.vocab_size) == (28, 4, 152064)
+    assert text.rope_parameters["rope_theta"] == 1e6 and text.rope_parameters["mrope_section"] == [16, 24, 24]
+    assert (vision.depth, vision.hidden_size, vision.intermediate_size, vision.num_heads) == (32, 1280, 3420, 16)
+    assert vision.window_size == 112 and vision.fullatt_block_indexes == [7, 15, 23, 31]
+    assert (vision.out_hidden_size, vision.spatial_merge_size, vision.patch_size, vision.temporal_patch_size) == (
+        3584, 2, 14, 2
+    )  # fmt: skip
+    assert config.architectures == ["Qwen2_5_VLForConditionalGeneration"]  # vLLM needs it to pick the generator
+    assert bench.parameter_count(folder) == 8_292_166_656  # Qwen2.5-VL-7B-Instruct's count
+    processor = load_processor(str(folder))
+    assert processor.image_processor.size["shortest_edge"] == 3136
+    assert processor.image_processor.size["longest_edge"] == 12845056
+    tokens = len(processor.tokenizer)
+    assert tokens < text.vocab_size  # the stand-in tokenizer: generation must stay below its size
+    assert all(i < tokens for i in (config.image_token_id, config.vision_start_token_id, text.eos_token_id))
+
+
+def test_bench_gpu_quick_hf(load_script, capsys):
+    bench = load_script("bench_gpu")
+    start = time.perf_counter()
+    result = bench.main(["--quick", "--paths", "hf"])
+    elapsed = time.perf_counter() - start
+    out = capsys.readouterr().out
+    rows = {(row.name, row.batch_size): row for row in result["rows"]}
+    assert set(rows) == {(name, b) for name in ("hf-first-digit", "hf-number", "hf-generate") for b in (1, 2)}
+    for row in rows.values():
+        assert not row.skipped and row.images == 4 and len(row.seconds) == 1 and row.peak_mib > 0, row
+    assert table_rows(out, "batch")[0] == GPU_HEADER
+    for batch in ("1", "2"):
+        table = {row[1]: row for row in table_rows(out, batch)}
+        assert table["hf-generate"][3] == "1.00x" and table["hf-number"][3].endswith("x")
+        assert {row[5] for row in table.values()} == {"rss"} and all(row[6] == "4 x 1" for row in table.values())
+    assert "machine:" in out and "252 image tokens" in out and "vocab 1024" in out and "What the numbers mean" in out
+    assert result["problems"] == [] and elapsed < 60
+
+
+def test_bench_gpu_says_why_the_vllm_paths_are_skipped(load_script, capsys):
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed in this environment")
+    bench = load_script("bench_gpu")
+    result = bench.main(["--quick", "--paths", "vllm", "--vllm-python", sys.executable])
+    out = capsys.readouterr().out
+    assert result["rows"] == [] and "vLLM does not import in" in result["vllm_skipped"]
+    assert "vLLM paths skipped:" in out and "VQ_REWARD_VLLM_PYTHON" in out
+    assert [row[2] for row in table_rows(out, "1")] == ["not run"] * 3  # first-digit, number, thinking
+
+
+def test_bench_gpu_cells_fit_the_time_they_are_given(load_script):
+    bench = load_script("bench_gpu")
+    per_image = 0.05
+    spec = {"deadline": time.time() + 1.5, "batch_sizes": [1, 4, 16], "repeats": 3}
+    rows = []
+    cells = bench.Cells(spec, "hf-generate", bench.PeakSampler("rss"), rows.append)
+    for batch_size in spec["batch_sizes"]:
+        cells.measure("hf-generate", batch_size, lambda batch: time.sleep(per_image * len(batch)), list(range(16)))
+    assert time.time() < spec["deadline"] + 0.5
+    first, _, last = rows
+    assert not first.skipped and 1 <= first.images < 16 and first.seconds  # fewer images per pass, still timed
+    assert last.skipped.startswith("one batch would take ~1 s")  # 16 x 0.05 s, predicted from batch 4
+    assert all(row.skipped or row.peak_mib > 0 for row in rows)
+
+
+def test_bench_gpu_kills_a_worker_past_its_time_with_what_it_started(load_script, tmp_path, monkeypatch):
+    bench = load_script("bench_gpu")
+    monkeypatch.setattr(bench, "KILL_GRACE_S", 0.5)
+    fake = tmp_path / "python"  # stands in for an interpreter whose worker never ends (and has a child)
+    fake.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {tmp_path / 'child'}\nwait\n")
+    fake.chmod(0o755)
+    start = time.monotonic()
+    reason = bench.run_path_process(str(fake), {"deadline": time.time() + 1}, "hf-generate", tmp_path / "w.log", print)
+    assert reason == "killed at the end of its time budget" and time.monotonic() - start < 10
+    child = Path("/proc") / (tmp_path / "child").read_text().strip() / "stat"
+    deadline = time.monotonic() + 5
+    while child.exists() and child.read_text().split(")")[-1].split()[0] not in "ZX" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not child.exists() or child.read_text().split(")")[-1].split()[0] in "ZX"  # gone (or a dead zombie)
+
+
+@pytest.mark.slow
+def test_bench_gpu_quick_hf_in_fresh_processes(load_script, capsys):
+    bench = load_script("bench_gpu")
+    result = bench.main(["--quick", "--paths", "hf-first-digit", "hf-generate", "--fresh-processes"])
+    out = capsys.readouterr().out
+    assert result["problems"] == [] and {row.name for row in result["rows"]} == {"hf-first-digit", "hf-generate"}
+    assert all(not row.skipped and row.peak_mib > 0 for row in result["rows"])
+    assert set(result["infos"]) == {"hf-first-digit", "hf-generate"} and "each in a fresh process" in out
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(
+    not VLLM_PYTHON,
+    reason="VQ_REWARD_VLLM_PYTHON is not set: point it at the python of a vLLM environment "
+    '(ENV="$(.ci/vllm-env.sh | tail -n1)"; VQ_REWARD_VLLM_PYTHON="$ENV/bin/python" python -m pytest -m vllm)',
+)
+def test_bench_gpu_quick_vllm(load_script, capsys):
+    bench = load_script("bench_gpu")
+    result = bench.main(["--quick", "--vllm-python", VLLM_PYTHON])  # the HF paths too: the ratios need hf-generate
+    out = capsys.readouterr().out
+    assert result["problems"] == [] and result["vllm_skipped"] is None
+    rows = {(row.name, row.batch_size): row for row in result["rows"]}
+    for name in ("vllm-first-digit", "vllm-number", "vllm-thinking"):
+        for batch in (1, 2):
+            row = rows[(name, batch)]
+            assert not row.skipped and row.images == 4 and row.peak_mib > 0, row
+    assert result["infos"]["vllm-readout"]["versions"]["vllm"] and "load_format" in out
+    assert result["infos"]["vllm-thinking"]["model_vocab"] == 1024 > result["infos"]["vllm-thinking"]["tokenizer_size"]
+    for batch in ("1", "2"):
+        table = {row[1]: row for row in table_rows(out, batch)}
+        assert len(table) == 6 and all(row[3].endswith("x") for row in table.values())
