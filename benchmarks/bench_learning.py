@@ -29,8 +29,8 @@ from common import CROP, HELD_OUT_PHOTOS, REPO, distorted_crops, make_crops, sam
 from transformers import TrainerCallback
 
 from vq_reward import VisualQualityScorer
-from vq_reward.distortions import DISTORTIONS
 from vq_reward.data.rows import write_jsonl
+from vq_reward.distortions import DISTORTIONS
 from vq_reward.eval.metrics import srcc
 from vq_reward.hub import tiny_checkpoint
 from vq_reward.train.grpo import main as train

@@ -49,7 +49,9 @@ def test_the_number_readout_is_exact_on_the_taught_model(taught, held_out):
     image = taught.prepare(held_out[0][5])[0]
     mean, std = brute_force_number(taught, image)
     details = taught.score_details(image)
-    assert details.scores.item() == pytest.approx(mean, abs=1e-5) and details.std.item() == pytest.approx(std, abs=1e-5)
+    assert details.scores.item() == pytest.approx(mean, abs=1e-5) and details.std.item() == pytest.approx(
+        std, abs=1e-5
+    )
 
 
 @pytest.mark.slow

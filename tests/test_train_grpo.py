@@ -106,7 +106,10 @@ def test_a_resumed_run_equals_the_uninterrupted_one(tiny_path, train_file, whole
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "variant",
-    [["--freeze_vision", "true"], ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"]],
+    [
+        ["--freeze_vision", "true"],
+        ["--use_peft", "true", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"],
+    ],
     ids=["frozen-vision", "lora"],
 )
 def test_a_killed_and_resumed_run_equals_the_uninterrupted_one(tiny_path, train_file, tmp_path, variant):

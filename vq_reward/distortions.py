@@ -2,7 +2,8 @@
 
 A clean photo plus these gives labelled data with a known quality order, for tests, demos, the learning benchmark,
 the taught smoke model and the degradation-perception task of Q-Insight (whose class and severity names are the ones
-used here); `vq_reward.data.distorted_sets` writes whole labelled sets of them. Only PIL and numpy are needed. Every result is deterministic: the noise is seeded from the image content and severity.
+used here); `vq_reward.data.distorted_sets` writes whole labelled sets of them. Only PIL and
+numpy are needed. Every result is deterministic: the noise is seeded from the image content and severity.
 
 Quality label: a clean image is 5.0 and each severity step costs 0.8, so severity 1 ("slight") is 4.2 and severity 5
 ("catastrophic") is 1.0.
@@ -34,6 +35,7 @@ NOISE_SIGMA = (6.0, 14.0, 26.0, 44.0, 72.0)  # Gaussian noise std on the 0..255 
 JPEG_QUALITY = (40, 20, 10, 5, 2)
 BLUR_RADIUS = (0.8, 1.6, 2.8, 4.5, 7.0)  # Gaussian blur radius in pixels
 DARKEN_FACTOR = (0.75, 0.55, 0.38, 0.24, 0.12)  # multiplier on every channel
+
 
 def quality_label(severity: int) -> float:
     """The quality label of an image at `severity` (0 = clean): 5.0 minus 0.8 per step, in [1, 5].
