@@ -244,6 +244,20 @@ def test_a_pickled_reward_carries_the_url_and_scores_the_same(server):
 
 
 @vllm_test
+def test_the_readme_server_snippet_runs_as_written(server):
+    from test_readme import blocks
+
+    (snippet,) = [block for block in blocks("python") if "from_server(" in block]
+    names: dict = {}
+    exec(compile(snippet.replace("http://reward-node:8000", server.url), "README.md server snippet", "exec"), names)
+    batch = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1  # a VAE's [-1, 1] output
+    scores, _ = names["reward_fn"](batch)
+    assert scores.shape == (2,) and ((scores >= 1) & (scores <= 5)).all()
+    trl_scores = names["trl_reward"](prompts=["p"] * 2, completions=["c"] * 2, image=list((batch + 1) / 2))
+    assert trl_scores == pytest.approx(scores.tolist(), abs=1e-4)
+
+
+@vllm_test
 def test_the_server_must_serve_the_model_asked_for(server, model):
     with pytest.raises(ServerError, match=rf"serves \['{model[0]}'\], not 'another-model'"):
         VisualQualityScorer.from_server(server.url, model="another-model")
