@@ -208,15 +208,32 @@ def test_bench_gpu_says_why_the_vllm_paths_are_skipped(load_script, capsys):
     assert [row[2] for row in table_rows(out, "1")] == ["not run"] * 3  # first-digit, number, thinking
 
 
-def test_bench_gpu_cells_fit_the_time_they_are_given(load_script):
+class SimulatedClock:
+    """Stands in for the `time` module: it moves only when a simulated batch runs, whatever the machine's load."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    perf_counter = time
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_bench_gpu_cells_fit_the_time_they_are_given(load_script, monkeypatch):
     bench = load_script("bench_gpu")
+    clock = SimulatedClock()
+    monkeypatch.setattr(bench, "time", clock)
     per_image = 0.05
-    spec = {"deadline": time.time() + 1.5, "batch_sizes": [1, 4, 16], "repeats": 3}
+    spec = {"deadline": clock.time() + 1.5, "batch_sizes": [1, 4, 16], "repeats": 3}
     rows = []
     cells = bench.Cells(spec, "hf-generate", bench.PeakSampler("rss"), rows.append)
     for batch_size in spec["batch_sizes"]:
-        cells.measure("hf-generate", batch_size, lambda batch: time.sleep(per_image * len(batch)), list(range(16)))
-    assert time.time() < spec["deadline"] + 0.5
+        cells.measure("hf-generate", batch_size, lambda batch: clock.advance(per_image * len(batch)), list(range(16)))
+    assert clock.time() <= spec["deadline"]
     first, _, last = rows
     assert not first.skipped and 1 <= first.images < 16 and first.seconds  # fewer images per pass, still timed
     assert last.skipped.startswith("one batch would take ~1 s")  # 16 x 0.05 s, predicted from batch 4
