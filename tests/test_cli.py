@@ -49,6 +49,18 @@ def test_score_folder_writes_one_line_per_image(folder, tmp_path, tiny_path, cap
     assert "6 scored, 1 errors, 0 skipped" in err and "error: " in err and "broken.png" in err
 
 
+def test_the_file_holds_every_digit_of_the_score(folder, tmp_path, tiny_path):
+    from vq_reward import VisualQualityScorer
+
+    out = tmp_path / "results.jsonl"
+    assert score(folder, out, tiny_path, "--batch-size", "1") == 0
+    lines = [line for line in read_lines(out) if "error" not in line]
+    details = VisualQualityScorer.from_pretrained(str(tiny_path), batch_size=1).score_details([l["path"] for l in lines])
+    # The float32 value itself, not six decimals of it: a rerun that scores the same never shows a change.
+    assert [line["score"] for line in lines] == details.scores.tolist()
+    assert [line["std"] for line in lines] == details.std.tolist()
+
+
 def test_rerun_skips_what_is_done_and_drops_a_torn_line(folder, tmp_path, tiny_path):
     out = tmp_path / "results.jsonl"
     score(folder, out, tiny_path)

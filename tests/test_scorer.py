@@ -146,6 +146,28 @@ def test_smoke_names_work_in_python_as_in_the_cli():
     assert scorer.score(noise_image(64, 64)).shape == (1,)
 
 
+def test_a_checkpoint_s_custom_code_is_never_run_or_asked_about(tiny_path, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    folder = tmp_path / "with_auto_map"
+    shutil.copytree(tiny_path, folder)
+    marker = tmp_path / "custom code ran"
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\nfrom transformers import *\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.Config", "AutoModelForImageTextToText": "evil.Model"}
+    (folder / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr("builtins.input", lambda *args: pytest.fail("asked whether to run the checkpoint's code"))
+    scores = VisualQualityScorer.from_pretrained(str(folder)).score(noise_image(64, 64, seed=1))
+    original = VisualQualityScorer.from_pretrained(str(tiny_path)).score(noise_image(64, 64, seed=1))
+    assert torch.equal(scores, original) and not marker.exists()  # a known model type: the stock classes
+    config["model_type"] = "evil_vl"  # unknown to transformers: only its own code could load it
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"with_auto_map needs its own Python code .* never runs code a checkpoint"):
+        VisualQualityScorer.from_pretrained(str(folder))
+    assert not marker.exists()
+
+
 def test_a_hub_id_without_network_fails_fast_with_one_line(monkeypatch):
     import time
 

@@ -1,17 +1,22 @@
 """Loading a checkpoint's parts the way every user of them needs them: the processor left-padded with its pixel
-budget pinned and checked, and the model refused unless every weight loaded (the scorer and training both use these).
+budget pinned and checked, the model refused unless every weight loaded, and never a line of code the checkpoint
+ships (the scorer, serving and training all use these).
 """
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
-from transformers import AutoProcessor, ProcessorMixin
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
 
 def load_processor(path: str, revision: str | None = None, **budget: int) -> ProcessorMixin:
     """The checkpoint's processor, left-padded, with the pixel budget asked for pinned and checked."""
-    processor = AutoProcessor.from_pretrained(
-        path, revision=revision, padding_side="left", trust_remote_code=False, **budget
-    )
+    with refusing_custom_code(path):
+        processor = AutoProcessor.from_pretrained(
+            path, revision=revision, padding_side="left", trust_remote_code=False, **budget
+        )
     processor.tokenizer.padding_side = "left"
     processor.tokenizer.truncation_side = "left"
     # Hub configs can silently override a `size` argument; make sure the budget asked for is the one in force.
@@ -20,6 +25,41 @@ def load_processor(path: str, revision: str | None = None, **budget: int) -> Pro
         if key in budget and size[edge] != budget[key]:
             raise RuntimeError(f"asked for {key}={budget[key]} but the processor of {path} uses {size[edge]}.")
     return processor
+
+
+def load_model(
+    path: str,
+    revision: str | None = None,
+    dtype: torch.dtype | str | None = None,
+    attn_implementation: str | None = None,
+) -> PreTrainedModel:
+    """The checkpoint's model, only if every weight loaded (see `check_loaded`)."""
+    with refusing_custom_code(path):
+        model, info = AutoModelForImageTextToText.from_pretrained(
+            path,
+            revision=revision,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            trust_remote_code=False,  # explicit: transformers would otherwise ask on stdin for an unknown model type
+            output_loading_info=True,
+        )
+    check_loaded(path, info)
+    return model
+
+
+@contextlib.contextmanager
+def refusing_custom_code(path: str) -> Iterator[None]:
+    """Turn transformers' "pass trust_remote_code=True" (an option vq_reward does not offer) into what to do."""
+    try:
+        yield
+    except ValueError as error:
+        if "trust_remote_code" not in str(error):
+            raise
+        raise ValueError(
+            f"{path} needs its own Python code to load (its config maps to a model type transformers does not know); "
+            "vq_reward never runs code a checkpoint ships. Use a Qwen2.5-VL checkpoint (VisualQuality-R1, Q-Insight, "
+            "or one re-saved with save_pretrained)."
+        ) from None
 
 
 def check_loaded(path: str, info: dict[str, Any]) -> None:

@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, PreTrainedModel, ProcessorMixin
+from transformers import PreTrainedModel, ProcessorMixin
 
 from vq_reward import devices, prompts, qinsight
 from vq_reward.backends import Backend
 from vq_reward.backends.hf import HFBackend
 from vq_reward.hub import resolve_model
 from vq_reward.images import MAX_INPUT_PIXELS, Images, ImageSource, check_input_range, image_sources, resize_for_model
-from vq_reward.loading import check_loaded, load_processor
+from vq_reward.loading import load_model, load_processor
 from vq_reward.parsing import parse_answer
 from vq_reward.readout import FIRST_DIGITS, READOUTS, NumberTokens, Request, ScoreDetails, chat_text
 
@@ -247,15 +247,12 @@ class VisualQualityScorer:
             scorer.backend_args = dict(engine_kwargs)
             return scorer
         device = torch.device(device)
-        model, info = AutoModelForImageTextToText.from_pretrained(
+        model = load_model(
             path,
             revision=revision,
             dtype=dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32),
             attn_implementation=attn_implementation,
-            trust_remote_code=False,
-            output_loading_info=True,
         )
-        check_loaded(path, info)
         scorer = cls(model.to(device).requires_grad_(False), processor, **scorer_kwargs)
         # `dtype` is recorded as given (None stays None), so a copy loaded on another device gets that device's.
         scorer.load_source = (path, {"dtype": dtype, "attn_implementation": attn_implementation,

@@ -263,7 +263,7 @@ class VllmBackend:
             min_pixels=size["shortest_edge"],
             max_pixels=size["longest_edge"],
             gpu=gpu,
-            config=AutoConfig.from_pretrained(path, revision=revision),
+            config=AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=False),
             dtype=dtype,
             tensor_parallel_size=tensor_parallel_size,
             pipeline_parallel_size=pipeline_parallel_size,

@@ -28,7 +28,7 @@ import torch
 
 from vq_reward.data.rows import SCORE_TASK
 from vq_reward.hub import resolve_model
-from vq_reward.loading import load_processor
+from vq_reward.loading import load_model, load_processor
 from vq_reward.readout import NumberTokens
 from vq_reward.train import require_trl
 from vq_reward.train.closed_set import ClosedSetSampler
@@ -39,7 +39,7 @@ from vq_reward.train.trainer import QualityGRPOTrainer, TimeLimitCallback
 
 
 require_trl()
-from transformers import AutoModelForImageTextToText, TrainerCallback  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 from trl import GRPOConfig, ModelConfig, TrlParser, get_peft_config  # noqa: E402
 
 
@@ -87,11 +87,8 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
 
     # Model: loaded here (not by TRL) so the vision tower can be frozen before the optimizer is built.
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
-    model = AutoModelForImageTextToText.from_pretrained(
-        model_path,
-        revision=model_args.model_revision,
-        dtype=dtype,
-        attn_implementation=model_args.attn_implementation,
+    model = load_model(
+        model_path, revision=model_args.model_revision, dtype=dtype, attn_implementation=model_args.attn_implementation
     )
     if script_args.freeze_vision:
         visual = getattr(getattr(model, "model", None), "visual", None)
