@@ -55,7 +55,8 @@ def test_the_file_holds_every_digit_of_the_score(folder, tmp_path, tiny_path):
     out = tmp_path / "results.jsonl"
     assert score(folder, out, tiny_path, "--batch-size", "1") == 0
     lines = [line for line in read_lines(out) if "error" not in line]
-    details = VisualQualityScorer.from_pretrained(str(tiny_path), batch_size=1).score_details([l["path"] for l in lines])
+    scorer = VisualQualityScorer.from_pretrained(str(tiny_path), batch_size=1)
+    details = scorer.score_details([line["path"] for line in lines])
     # The float32 value itself, not six decimals of it: a rerun that scores the same never shows a change.
     assert [line["score"] for line in lines] == details.scores.tolist()
     assert [line["std"] for line in lines] == details.std.tolist()
@@ -215,6 +216,7 @@ def test_bad_usage_gets_one_line_and_a_non_zero_exit(tmp_path, tiny_path, capsys
         err = capsys.readouterr().err
         assert message in err, (argv, err)
         assert "Traceback" not in err and len(err.strip().splitlines()) <= 3, err
+    assert not (tmp_path / "r.jsonl").exists()  # a run that failed before scoring anything leaves no file behind
 
 
 def test_every_command_and_option_has_help():

@@ -46,12 +46,14 @@ class ResultsFile:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self._file = None
+        self._created = False
         self._header: dict | None = None
         self._lines: list[dict] = []
 
     def __enter__(self) -> "ResultsFile":
         if not self.path.parent.is_dir():
             raise ResultsFileError(f"{self.path}: the folder {self.path.parent} does not exist; create it first.")
+        self._created = not self.path.exists()
         self._file = open(self.path, "a+b")  # noqa: SIM115 - held open for the lock and the appends
         try:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -65,6 +67,8 @@ class ResultsFile:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        if self._created and self.path.stat().st_size == 0:  # a run that failed before writing leaves nothing behind
+            self.path.unlink()
         fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
         self._file.close()
 
