@@ -8,7 +8,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
+from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    PretrainedConfig,
+    PreTrainedModel,
+    ProcessorMixin,
+)
 
 
 def load_processor(path: str, revision: str | None = None, **budget: int) -> ProcessorMixin:
@@ -25,6 +32,12 @@ def load_processor(path: str, revision: str | None = None, **budget: int) -> Pro
         if key in budget and size[edge] != budget[key]:
             raise RuntimeError(f"asked for {key}={budget[key]} but the processor of {path} uses {size[edge]}.")
     return processor
+
+
+def load_config(path: str, revision: str | None = None) -> PretrainedConfig:
+    """The checkpoint's config (the vLLM engine sizes its KV cache from it)."""
+    with refusing_custom_code(path):
+        return AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=False)
 
 
 def load_model(

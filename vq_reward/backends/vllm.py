@@ -255,7 +255,7 @@ class VllmBackend:
             import vllm
         except ImportError as error:
             raise ImportError(INSTALL_HINT) from error
-        from transformers import AutoConfig
+        from vq_reward.loading import load_config
 
         size = processor.image_processor.size
         self.settings = engine_settings(
@@ -263,7 +263,7 @@ class VllmBackend:
             min_pixels=size["shortest_edge"],
             max_pixels=size["longest_edge"],
             gpu=gpu,
-            config=AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=False),
+            config=load_config(path, revision=revision),
             dtype=dtype,
             tensor_parallel_size=tensor_parallel_size,
             pipeline_parallel_size=pipeline_parallel_size,

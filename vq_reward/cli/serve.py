@@ -137,12 +137,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 def server_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str], str]:
     """The vLLM command line, its environment and the served model name, for the parsed `serve` arguments."""
-    from transformers import AutoConfig
-
     from vq_reward.backends.vllm import cpu_threads_bind, engine_settings, has_gpu, server_flags
     from vq_reward.cli.options import quiet_loading
     from vq_reward.hub import canonical_name, resolve_model
-    from vq_reward.loading import load_processor
+    from vq_reward.loading import load_config, load_processor
 
     path = resolve_model(args.model, args.revision)
     quiet_loading()
@@ -154,7 +152,7 @@ def server_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str],
         min_pixels=size["shortest_edge"],
         max_pixels=size["longest_edge"],
         gpu=gpu,
-        config=AutoConfig.from_pretrained(path, revision=args.revision, trust_remote_code=False),
+        config=load_config(path, revision=args.revision),
         dtype=None if args.dtype == "auto" else args.dtype,
         max_model_len=args.max_model_len,
         kv_cache_memory_bytes=args.kv_cache_memory_bytes,
