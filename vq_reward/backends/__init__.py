@@ -1,24 +1,48 @@
 """Where a scorer's model runs: in this process through HF transformers (`hf`, the default), in vLLM's offline
-engine (`vllm`), or behind a vLLM OpenAI-compatible server (`server`).
+engine (`vllm`), or behind a server reached over HTTP (`server`).
 
 Every backend reads the same numbers (the readouts of `vq_reward.readout`) from the same prompts; the scorer
-prepares the images and the prompt, and a backend only runs the model. A backend provides:
+prepares the images and the prompt, and a backend only runs the model. A backend is complete when it is built:
+its constructor (or its `load` classmethod, which resolves a model name first) sets everything the scorer reads.
+A backend provides:
 
+- `name`: "hf", "vllm" or "server";
+- `processor`: the processor whose tokenizer, chat template and pixel budget the prompts and images are made with;
+- `concurrent`: True when calls may come from several threads at once (servers); the scorer locks the others;
 - `read_scores(request, images, tokens, readout) -> ScoreDetails`: one batch of prepared images;
 - `generate(request, images, settings) -> list[str]`: one completion per image, without special tokens;
 - `fingerprint() -> str`: a short identity of the weights it serves (results files record it);
-- `name`: "hf", "vllm" or "server".
+- `source() -> BackendSource`: how to build an equal backend in another process (what pickled rewards carry).
 """
 
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from PIL import Image
+from transformers import ProcessorMixin
 
 from vq_reward.readout import NumberTokens, Request, ScoreDetails
 
 
+@dataclass(frozen=True)
+class BackendSource:
+    """How to build a backend equal to one that exists: no weights, only names and settings (it pickles small).
+
+    Attributes:
+        backend: "hf", "vllm" or "server".
+        model: a local folder's absolute path or a hub id; for a server, the served model's id.
+        kwargs: the keyword arguments that build it again (the backend's `load` or constructor), less the device.
+    """
+
+    backend: str
+    model: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
 class Backend(Protocol):
     name: str
+    processor: ProcessorMixin
+    concurrent: bool
 
     def read_scores(
         self, request: Request, images: list[Image.Image], tokens: NumberTokens, readout: str
@@ -27,3 +51,5 @@ class Backend(Protocol):
     def generate(self, request: Request, images: list[Image.Image], settings: dict) -> list[str]: ...
 
     def fingerprint(self) -> str: ...
+
+    def source(self) -> BackendSource: ...
