@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from vq_reward import VisualQualityScorer
-from vq_reward.data.files import find_images
+from vq_reward.batch.files import find_images
 from vq_reward.hub import resolve_model
 
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import noise_image
 
 from vq_reward.cli import main
-from vq_reward.data.results import HEADER_KEY, ResultsFile
+from vq_reward.batch.results_file import ResultsFile
 
 
 @pytest.fixture
@@ -25,10 +25,8 @@ def folder(tmp_path):
 
 
 def read_lines(path):
-    """The result lines (the header, the first line, left out)."""
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
-    assert HEADER_KEY in lines[0]
-    return lines[1:]
+    """The result lines: every line is one image's record, strict JSON (a NaN would be refused)."""
+    return [json.loads(line, parse_constant=pytest.fail) for line in path.read_text().splitlines()]
 
 
 def score(folder, out, tiny_path, *extra):
@@ -164,17 +162,16 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, tiny_path):
     out = tmp_path / "results.jsonl"
     # A real kill -9 at a fixed moment: ten bytes into the second line of the second chunk.
     code = (
-        "import json, os, signal, sys\n"
-        "from vq_reward.data import results\n"
-        "write, calls = results.ResultsFile._write, []\n"
-        "def write_then_die(self, lines):\n"
+        "import os, signal, sys\n"
+        "from vq_reward.batch import results_file\n"
+        "write, calls = results_file._write_synced, []\n"
+        "def write_then_die(file, data, name):\n"
         "    calls.append(1)\n"
-        "    if len(calls) == 3:\n"
-        "        text = ''.join(json.dumps(line) + '\\n' for line in lines).encode('ascii')\n"
-        "        self._file.write(text[: text.index(b'\\n') + 10]); self._file.flush()\n"
+        "    if len(calls) == 3:  # the run file, the first chunk, then the second chunk\n"
+        "        file.write(data[: data.index(b'\\n') + 10]); file.flush()\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        "    write(self, lines)\n"
-        "results.ResultsFile._write = write_then_die\n"
+        "    write(file, data, name)\n"
+        "results_file._write_synced = write_then_die\n"
         "from vq_reward.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
@@ -183,7 +180,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, tiny_path):
     process = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
     assert process.returncode == -9
     torn = out.read_text()
-    assert torn.count("\n") >= 1 + 4 and not torn.endswith("\n")  # header, first chunk, part of the second
+    assert torn.count("\n") == 4 + 1 and not torn.endswith("\n")  # the first chunk, 1.x lines of the second
     assert score(images, out, tiny_path) == 0
     lines = read_lines(out)
     assert sorted(line["path"] for line in lines) == sorted(str(p) for p in images.iterdir())

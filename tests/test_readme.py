@@ -38,7 +38,7 @@ def test_the_main_command_runs_offline_and_degraded_copies_score_lower(tmp_path,
     monkeypatch.chdir(REPO)
     assert main(argv) == 0
     assert "--model taught" in command  # the smoke model whose scores follow image quality, clearly labelled
-    from vq_reward.data.results import ResultsFile
+    from vq_reward.batch.results_file import ResultsFile
 
     with ResultsFile(tmp_path / "results.jsonl") as results:
         scores = {os.path.basename(path): score for path, score in results.scores().items()}

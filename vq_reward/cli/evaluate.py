@@ -35,21 +35,21 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ImportError(f"vq-reward eval needs {' and '.join(missing)}: pip install 'vq-reward[eval]'")
     rows = _label_rows(args)
     scores_path = Path(args.scores) if args.scores else _default_scores_path(args)
+    _check_outputs(args, scores_path)
 
+    from vq_reward.batch.job import score_files
     from vq_reward.cli.options import load_scorer
-    from vq_reward.data.results import ResultsFile, score_files
     from vq_reward.eval.report import format_report, report_from_scores, save_scatter, write_report
     from vq_reward.hub import canonical_name
 
     scorer = load_scorer(args, args.batch_size)
+    scores_path.parent.mkdir(parents=True, exist_ok=True)
     summary = score_files(scorer, [row["image"] for row in rows], scores_path, model_name=canonical_name(args.model))
     print(f"scores in {scores_path}: {summary.scored} new, {summary.skipped} reused, {summary.errors} failed",
           file=sys.stderr)  # fmt: skip
     for reason in summary.first_errors:
         print(f"  error: {reason}", file=sys.stderr)
-    with ResultsFile(scores_path) as results:
-        by_path = results.scores()
-    scores = [by_path.get(os.path.realpath(row["image"])) for row in rows]
+    scores = [summary.scores.get(os.path.realpath(row["image"])) for row in rows]
     report = report_from_scores(rows, scores, model_name=args.model)
     print(format_report(report))
     if args.output:
@@ -57,6 +57,17 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.plot:
         save_scatter(report, args.plot)
     return 0
+
+
+def _check_outputs(args: argparse.Namespace, scores_path: Path) -> None:
+    """Every file this run writes, checked before the model loads; missing folders are created when written."""
+    from vq_reward.batch.files import check_output
+    from vq_reward.batch.results_file import ResultsFile
+
+    for path in (args.output, args.plot):
+        if path:
+            check_output(path, make_folders=True)
+    ResultsFile.check(scores_path, make_folders=True)
 
 
 def _label_rows(args: argparse.Namespace) -> list[dict]:

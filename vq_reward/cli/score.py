@@ -11,15 +11,23 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     score = commands.add_parser(
         "score", help="score image files and folders into a resumable JSONL file",
         description="Score images into a JSONL file, one line per image; rerunning the same command resumes.",
+        epilog="Exit status: 0 when the run finished, even if some images failed (each has an error line in the "
+        "file and the first reasons are printed); 1 when no image could be scored, on a usage or model error, and "
+        "with --fail-on-error when any image given has no score.",
     )  # fmt: skip
     score.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
     add_model_arguments(score, backends=True)
-    score.add_argument("--output", required=True, help="JSONL results file; rerunning with the same file resumes")
+    score.add_argument("--output", required=True,
+                       help="JSONL results file, one line per image (the run is recorded beside it in "
+                       "OUTPUT.run.json); rerunning with the same file resumes")  # fmt: skip
     score.add_argument("--thinking", action="store_true", help="generate the model's reasoning too (sampled, slower)")
     score.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass (default 8)")
     score.add_argument("--max-new-tokens", type=positive_int, default=None,
                        help="thinking mode: longest reasoning in tokens (default 2048)")  # fmt: skip
     score.add_argument("--retry-errors", action="store_true", help="try again the files that failed last time")
+    score.add_argument("--fail-on-error", action="store_true",
+                       help="exit 1 when any image given has no score in the file (it failed in this run or an "
+                       "earlier one), for pipelines; default: exit 0 when the run finished")  # fmt: skip
     score.set_defaults(run=run_score)
 
     tiny = commands.add_parser("make-tiny", help="write a smoke checkpoint (tiny random, or --taught) to a folder")
@@ -34,7 +42,8 @@ def run_score(args: argparse.Namespace) -> int:
         print("vq-reward score: error: the following arguments are required: --model (or --server URL)",
               file=sys.stderr)  # fmt: skip
         return 2
-    from vq_reward.data.files import IMAGE_EXTENSIONS, find_images
+    from vq_reward.batch.files import IMAGE_EXTENSIONS, find_images
+    from vq_reward.batch.results_file import ResultsFile
     from vq_reward.hub import canonical_name, resolve_model
 
     paths = find_images(args.paths)
@@ -42,14 +51,11 @@ def run_score(args: argparse.Namespace) -> int:
         print(f"vq-reward score: error: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in {args.paths}.",
               file=sys.stderr)  # fmt: skip
         return 1
-    from vq_reward.data.results_file import ResultsFile
-
-    with ResultsFile(args.output):  # refuse a file that is not ours, or busy, before anything heavy
-        pass
+    ResultsFile.check(args.output)  # refuse a file that is not ours, busy or unwritable before anything heavy
     if not args.server:
         resolve_model(args.model)  # a wrong name fails before torch is imported (a smoke model is built here)
 
-    from vq_reward.data.results import score_files
+    from vq_reward.batch.job import score_files
 
     scorer = load_scorer(args, args.batch_size)
     summary = score_files(
@@ -68,17 +74,18 @@ def run_score(args: argparse.Namespace) -> int:
     if summary.errors > len(summary.first_errors):
         print(f"  ... and {summary.errors - len(summary.first_errors)} more; every reason is in {args.output}",
               file=sys.stderr)  # fmt: skip
-    _print_scores(args.output, paths)
+    _print_scores(summary.scores)
+    unscored = len(set(map(os.path.realpath, paths))) - len(summary.scores)
+    if args.fail_on_error and unscored:
+        print(f"vq-reward score: {unscored} of the images given have no score in {args.output} (--fail-on-error)",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 1 if summary.errors and not summary.scored and not summary.skipped else 0
 
 
-def _print_scores(output: str, paths: list[str], shown: int = 20) -> None:
+def _print_scores(scores: dict[str, float], shown: int = 20) -> None:
     """The scores of this run's images, best first (the best and worst few of a long run)."""
-    from vq_reward.data.results_file import ResultsFile
-
-    with ResultsFile(output) as results:
-        scores = results.scores()
-    ranked = sorted(((scores[p], p) for p in paths if p in scores), reverse=True)
+    ranked: list[tuple[float | None, str]] = sorted(((score, path) for path, score in scores.items()), reverse=True)
     if len(ranked) > shown:
         ranked = ranked[: shown // 2] + [(None, f"... {len(ranked) - shown} more ...")] + ranked[-shown // 2 :]
     here = os.getcwd() + os.sep

@@ -1,5 +1,6 @@
 """Data: MOS label files, training rows (normalised, split by reference, merged), Q-Insight rows, synthetic
-degradations, the one JSONL reader/writer, and the resumable results file of `vq-reward score`.
+degradations and the one JSONL reader/writer.
 
-Imports the inference core (images, prompts, the scorer for `results`); never imported by it.
+Imports the inference core (images, prompts); never imported by it. The results files of `vq-reward score` are
+`vq_reward.batch`.
 """

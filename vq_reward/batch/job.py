@@ -1,28 +1,41 @@
-"""Scoring image files into a results file (`vq_reward.data.results_file`): chunks of lines appended and synced as
-they are scored, each image's score, standard deviation, digit probabilities and masses, its reasoning in thinking
-mode, or an error. `run_identity` is what the file's header records about the run.
+"""Scoring image files into a results file (`vq_reward.batch.results_file`, which documents the format): chunks of
+lines appended and synced as they are scored, each image's score, standard deviation, digit probabilities and
+masses, its reasoning in thinking mode, or an error. `run_identity` is what the run file beside it records.
+
+A score is a finite number or an error line: an image the model scores NaN (a broken checkpoint, a server answering
+NaN) gets an error line that `--retry-errors` retries, and the other images of its batch are still scored.
 """
 
 import hashlib
 import os
 from dataclasses import dataclass, field
 
+from PIL import Image
 from tqdm.auto import tqdm
 
-from vq_reward.data.files import IMAGE_EXTENSIONS, find_images  # noqa: F401 - re-exported
-from vq_reward.data.results_file import HEADER_KEY, ResultsFile, ResultsFileError  # noqa: F401 - re-exported
+from vq_reward.batch.results_file import ResultsFile, is_finite, non_finite_line
 from vq_reward.images import ImageInputError
 from vq_reward.scorer import VisualQualityScorer
 
 
+try:
+    from vq_reward.scorer import NonFiniteScoreError
+except ImportError:  # a scorer that does not check its scores yet: `is_finite` below still catches a NaN
+
+    class NonFiniteScoreError(ValueError):  # type: ignore[no-redef]
+        indices: list[int]
+
+
 @dataclass(frozen=True)
 class RunSummary:
-    """What a run did: images scored, images that failed (with the first reasons), images already in the file."""
+    """What a run did: images scored, images that failed (with the first reasons), images already in the file;
+    and the score in the file of every image given (this run's and earlier runs'), by resolved path."""
 
     scored: int
     errors: int
     skipped: int
     first_errors: list[str] = field(default_factory=list)
+    scores: dict[str, float] = field(default_factory=dict)
 
 
 def run_identity(scorer: VisualQualityScorer, model_name: str, thinking: bool, generate_kwargs: dict | None) -> dict:
@@ -54,17 +67,18 @@ def score_files(
 ) -> RunSummary:
     """Score `paths` into the results file `output`, resuming what an earlier run of the same settings began.
 
-    Returns the summary; failures are result lines (`{"path", "error"}`), not exceptions.
+    Returns the summary; failures are result lines (`{"path", "error"}`), not exceptions. The progress bar shows
+    only when there is something to score.
     """
-    paths = [os.path.realpath(path) for path in paths]
+    paths = list(dict.fromkeys(os.path.realpath(path) for path in paths))
     with ResultsFile(output) as results:
         results.start(run_identity(scorer, model_name, thinking, generate_kwargs))
         done = results.done(retry_errors)
-        todo = [path for path in dict.fromkeys(paths) if path not in done]
+        todo = [path for path in paths if path not in done]
         chunk = 4 * (batch_size or scorer.batch_size)  # lines reach the disk at least this often
         scored = errors = 0
         first_errors: list[str] = []
-        with tqdm(total=len(todo), disable=not progress, unit="img") as bar:
+        with tqdm(total=len(todo), disable=not (progress and todo), unit="img") as bar:
             for start in range(0, len(todo), chunk):
                 lines = _score_chunk(scorer, todo[start : start + chunk], thinking, batch_size, generate_kwargs)
                 results.append(lines)
@@ -73,7 +87,9 @@ def score_files(
                 errors += len(failed)
                 scored += len(lines) - len(failed)
                 bar.update(len(lines))
-    return RunSummary(scored=scored, errors=errors, skipped=len(paths) - len(todo), first_errors=first_errors)
+        in_file = results.scores()
+    return RunSummary(scored=scored, errors=errors, skipped=len(paths) - len(todo), first_errors=first_errors,
+                      scores={path: in_file[path] for path in paths if path in in_file})  # fmt: skip
 
 
 def _score_chunk(
@@ -93,14 +109,34 @@ def _score_chunk(
             lines[path] = {"path": path, "score": rating.score, "raw_score": rating.raw_score,
                            "reasoning": rating.reasoning, "text": rating.text}  # fmt: skip
     elif readable:
+        lines.update(zip(readable, _score_lines(scorer, readable, images, batch_size), strict=True))
+    return [lines[path] if is_finite(lines[path]) else non_finite_line(path) for path in paths]
+
+
+def _score_lines(
+    scorer: VisualQualityScorer, paths: list[str], images: list[Image.Image], batch_size: int | None
+) -> list[dict]:
+    """One score line per image; the images the model scores NaN get error lines, and the others are scored."""
+    if not paths:
+        return []
+    try:
         details = scorer.score_details(images, batch_size=batch_size)
-        for i, path in enumerate(readable):
-            # Every digit of the float32 value: a rerun that gets the same bits writes the same line.
-            lines[path] = {"path": path, "score": details.scores[i].item(), "std": details.std[i].item(),
-                           "digit_mass": details.digit_mass[i].item(), "probs": details.probs[i].tolist()}  # fmt: skip
-            if details.dot_mass is not None:
-                lines[path]["dot_mass"] = details.dot_mass[i].tolist()
-    return [lines[path] for path in paths]
+    except NonFiniteScoreError as error:
+        failed = set(error.indices)
+        if not failed:
+            raise
+        kept = [i for i in range(len(paths)) if i not in failed]
+        rest = iter(_score_lines(scorer, [paths[i] for i in kept], [images[i] for i in kept], batch_size))
+        return [non_finite_line(path) if i in failed else next(rest) for i, path in enumerate(paths)]
+    lines = []
+    for i, path in enumerate(paths):
+        # Every digit of the float32 value: a rerun that gets the same bits writes the same line.
+        line = {"path": path, "score": details.scores[i].item(), "std": details.std[i].item(),
+                "digit_mass": details.digit_mass[i].item(), "probs": details.probs[i].tolist()}  # fmt: skip
+        if details.dot_mass is not None:
+            line["dot_mass"] = details.dot_mass[i].tolist()
+        lines.append(line)
+    return lines
 
 
 def _digest(text: str) -> str:
