@@ -17,11 +17,12 @@ all their images (and the reward's). After that, each update computes every stat
 standard deviations, `(batch mean - baseline mean) / max(baseline std, minimum std)`, with a per-statistic minimum
 std (`MIN_STD`) so a statistic that did not vary at first (no clipped pixels) does not alarm at its first move. A
 statistic **drifts** when its drift is at least `drift_threshold` (default 1.0: the batch mean moved by a whole
-baseline spread of single images). Only rises count: hacking raises these statistics, while honest improvements
-can lower them (a denoiser lowers `high_frequency`, a deblocker `blockiness`); falls are reported, not warned. The
-monitor **warns** when a statistic drifts while the reward has risen by at least `reward_threshold` (default 0.25)
-baseline standard deviations: a `logging` warning on the "vq_reward.monitor" logger the first step a statistic
-starts drifting, and `"monitor/warning": 1.0` in the returned dict every step it holds.
+baseline spread of single images, about 2.8 standard errors of a batch of 8). Only rises count: hacking raises
+these statistics, while honest improvements can lower them (a denoiser lowers `high_frequency`, a deblocker
+`blockiness`); falls are reported, not warned. The monitor **warns** when a statistic drifts while the reward has
+risen by at least `reward_threshold` (default 0.25) baseline standard deviations (the reward's minimum std: 0.01):
+a `logging` warning on the "vq_reward.monitor" logger the first step a statistic starts drifting, and
+`"monitor/warning": 1.0` in the returned dict every step it holds.
 
 It cannot tell hacking from a legitimate change the reward likes: a warning means "look at the samples".
 
@@ -47,7 +48,14 @@ logger = logging.getLogger("vq_reward.monitor")
 
 STATISTICS = ("high_frequency", "saturation", "clipped", "blockiness", "colourfulness")
 # The smallest baseline spread each statistic's drift is measured in (its units: log10, fraction, ratio, 0..1).
-MIN_STD = {"high_frequency": 0.05, "saturation": 0.02, "clipped": 0.005, "blockiness": 0.02, "colourfulness": 0.02}
+MIN_STD = {
+    "high_frequency": 0.05,
+    "saturation": 0.02,
+    "clipped": 0.005,
+    "blockiness": 0.02,
+    "colourfulness": 0.02,
+    "reward": 0.01,
+}
 _BLOCK = 8  # JPEG's block size: grid artifacts of generators and codecs repeat every 8 pixels
 
 
@@ -151,7 +159,7 @@ class HackingMonitor:
 
     def _drift(self, name: str, value: np.ndarray) -> float:
         baseline = np.concatenate(self._baseline[name])
-        spread = max(float(baseline.std()), MIN_STD.get(name, 1e-6))
+        spread = max(float(baseline.std()), MIN_STD[name])
         return float((value.mean() - baseline.mean()) / spread)
 
 
