@@ -2,6 +2,7 @@
 
 import json
 import re
+import shlex
 from collections import Counter
 from pathlib import Path
 
@@ -213,3 +214,111 @@ def test_training_rows_are_all_checked_before_training(tmp_path):
                        (4, "mos is null, not a number"), (5, 'mos is "high", not a number'),
                        (6, "notes.png cannot be read"), (7, "missing ['dataset_name']")]:  # fmt: skip
         assert f"{path}:{line}: " in message and what in message, (line, what, message)
+
+
+def test_a_missing_value_code_among_tied_labels_is_refused(tmp_path):
+    # Over half the MOS tie, so the median absolute deviation is 0: 0.2 accepted 1e308 and normalised it to 5.0.
+    for values, outlier in (([3.0] * 9 + [1e308], "1e\\+308"), ([1.0] * 7 + [5.0, 5.0, 999.0], "999")):
+        labels = _plain_labels(tmp_path, [f"img{i}.png {value}" for i, value in enumerate(values)])
+        with pytest.raises(LabelFileError, match=f"labels.txt:10: MOS {outlier} is far outside the others"):
+            read_label_file(labels)
+        rows, skipped = read_label_file(labels, skip_bad_rows=True)
+        assert len(rows) == 9 and len(skipped) == 1
+    # Tied labels with real values on their own scale stay: a distorted set's many level-5 images (MOS 1) and its
+    # clean ones (MOS 5), a 0..100 scale whose median is 0, a 0..100 scale tied at 50.
+    for values in ([1.0] * 7 + [5.0] * 3, [0.0] * 8 + [60.0, 100.0], [50.0] * 6 + [0.0, 20.0, 70.0, 100.0]):
+        labels = _plain_labels(tmp_path, [f"img{i}.png {value}" for i, value in enumerate(values)])
+        assert [row.mos for row in read_label_file(labels)[0]] == values
+
+
+def test_label_files_with_a_byte_order_mark_or_not_in_utf8(tmp_path):
+    (tmp_path / "a.png").touch()
+    excel = tmp_path / "excel.csv"  # Excel's "CSV UTF-8" starts with a byte-order mark
+    excel.write_text("dist_img,ref_img,dmos\na.png,r.png,3.5\n", encoding="utf-8-sig")
+    rows, _ = read_label_file(excel, LAYOUTS["kadid10k"], images_dir=tmp_path)
+    assert [(row.image, row.mos) for row in rows] == [("a.png", 3.5)]
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("a.png 3.5\ncafé.png 4\n".encode("latin-1"))
+    with pytest.raises(LabelFileError, match=r"latin.txt:2: not UTF-8 text \(byte 0xe9\); re-save the file as UTF-8"):
+        read_label_file(latin)
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text('{"image": "a.png", "dataset_name": "A", "mos": 3}\n', encoding="utf-8-sig")
+    assert read_jsonl(jsonl)[0]["mos"] == 3
+
+
+def test_dataset_names_cannot_leave_the_output_folder(tmp_path, capsys):
+    labels = _plain_labels(tmp_path, [f"r{i}.png {1 + i % 5}" for i in range(10)])
+    out = tmp_path / "a" / "b"
+    for name in ("../../x", "sub/x", ""):
+        args = ["prepare-data", "--labels", str(labels), "--images", str(tmp_path), "--dataset-name", name,
+                "--output-dir", str(out), "--no-split"]  # fmt: skip
+        with pytest.raises(SystemExit) as exit_code:
+            cli(args)
+        assert exit_code.value.code == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and f"--dataset-name: {name!r} cannot be part of a file name" in error
+    assert not list(tmp_path.glob("**/*.jsonl"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["merge-data", "{a}", "--output", "{tmp}"], "is a folder; name the file to write"),
+     (["merge-data", "{a}", "--output", "{a}/m.jsonl"], "a.jsonl: a file is in the way"),
+     (["prepare-data", "--labels", "{labels}", "--images", "{tmp}/gone", "--dataset-name", "X",
+       "--output-dir", "{tmp}"], "gone: no such folder of images; check --images"),
+     (["prepare-data", "--labels", "{tmp}/gone.txt", "--images", "{tmp}", "--dataset-name", "X",
+       "--output-dir", "{tmp}"], "gone.txt: no such label file; check --labels"),
+     (["prepare-degradation", "--labels", "{bad}", "--dataset-name", "X", "--output-dir", "{tmp}"],
+      "label 0: image 7 is not a file name")],
+    ids=["output-is-a-folder", "folder-is-a-file", "no-images-folder", "no-label-file", "image-not-a-name"],
+)  # fmt: skip
+def test_bad_paths_are_one_line_errors(tmp_path, capsys, args, message):
+    labels = _plain_labels(tmp_path, ["a.png 1", "b.png 2"])
+    a = write_jsonl([{"image": "x.png", "dataset_name": "A", "mos": 1.0}], tmp_path / "a.jsonl")
+    bad = write_jsonl([{"image": 7, "distortion_class": "blur", "severity": "obvious"}], tmp_path / "bad.jsonl")
+    assert cli([arg.format(tmp=tmp_path, a=a, labels=labels, bad=bad) for arg in args]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and message in error, error
+
+
+def test_a_full_disk_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
+    from vq_reward.data import jsonl
+
+    def full_disk(descriptor: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(jsonl.os, "fsync", full_disk)
+    with pytest.raises(OSError, match=r"\[Errno 28\] cannot write .*rows.jsonl: No space left on device"):
+        write_jsonl([{"a": 1}], tmp_path / "rows.jsonl")
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_distort_hint_runs_as_printed_and_writes_beside_the_images(tmp_path, capsys):
+    images = tmp_path / "data" / "my synthetic"  # a space: the hint must quote its paths
+    assert cli(["distort", "examples/images", str(images), "--crops", "1", "--crop-size", "28", "--kinds", "blur",
+                "--levels", "5"]) == 0  # fmt: skip
+    hint = capsys.readouterr().out.splitlines()[-1]
+    command = shlex.split(hint)
+    assert command[:2] == ["vq-reward", "prepare-data"]
+    assert cli(command[1:] + ["--ratios", "0.4", "0.3", "0.3"]) == 0
+    assert sorted(p.name for p in (tmp_path / "data").glob("*.jsonl")) == [
+        "synthetic_test.jsonl", "synthetic_train.jsonl", "synthetic_val.jsonl"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["distort", "examples/images", "{tmp}/d", "--crop-size", "8"], "--crop-size: must be at least 28"),
+     (["prepare-comparison", "--distortions", "d.jsonl", "--dataset-name", "X", "--output-dir", "{tmp}",
+       "--pairs-per-reference", "-1"], "--pairs-per-reference: must be at least 1"),
+     (["prepare-data", "--labels", "l.txt", "--images", "{tmp}", "--dataset-name", "X", "--output-dir", "{tmp}",
+       "--reference-pattern", "("], "--reference-pattern: '(' is not a regular expression"),
+     (["eval", "--labels", "l.txt", "--reference-pattern", "^I"], "--reference-pattern: '^I' has no (group)")],
+    ids=["crop-size", "pairs-per-reference", "bad-regex", "no-group"],
+)  # fmt: skip
+def test_bad_option_values_are_usage_errors_before_any_work(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_code:
+        cli([arg.format(tmp=tmp_path) for arg in args])
+    error = capsys.readouterr().err
+    assert exit_code.value.code == 2 and error.count("\n") == 1 and message in error, error
+    assert not list(tmp_path.iterdir())

@@ -9,10 +9,12 @@ vq-reward prepare-comparison --distortions data/synthetic/distortions.jsonl --da
 """
 
 import argparse
+import re
+import shlex
 import sys
 from pathlib import Path
 
-from vq_reward.cli.options import non_negative_int, positive_int
+from vq_reward.cli.options import non_negative_int, positive_int, whole_number
 from vq_reward.prompts import QINSIGHT_DEGRADATION_CLASSES
 
 
@@ -32,7 +34,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     distort.add_argument(
         "--crops", type=non_negative_int, default=0, help="random square crops per photo (0: whole photos)"
     )
-    distort.add_argument("--crop-size", type=positive_int, default=112, help="side of the square crops (default 112)")
+    distort.add_argument("--crop-size", type=whole_number(28), default=112, help="side of the square crops (default "
+                         "112; training needs at least 28 pixels a side)")  # fmt: skip
     distort.add_argument("--no-clean", action="store_true", help="leave out the clean images (MOS 5)")
     distort.add_argument("--seed", type=int, default=0, help="seed of the crop positions")
     distort.set_defaults(run=_distort)
@@ -40,8 +43,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     prepare = commands.add_parser("prepare-data", help="MOS label file -> normalised, split JSONL training data")
     prepare.add_argument("--labels", required=True, help="the dataset's MOS label file")
     prepare.add_argument("--images", required=True, help="folder the image names in the label file are relative to")
-    prepare.add_argument("--dataset-name", required=True, help="kept in every row; images of different datasets "
-                         "are never compared")  # fmt: skip
+    prepare.add_argument("--dataset-name", required=True, type=_file_name_part, help="kept in every row and in the "
+                         "file names; images of different datasets are never compared")  # fmt: skip
     prepare.add_argument("--output-dir", required=True, help="folder for NAME_train/val/test.jsonl")
     add_label_arguments(prepare)
     prepare.add_argument("--ratios", nargs=3, type=float, default=[0.6, 0.2, 0.2], help="train val test")
@@ -57,8 +60,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                              "severity[, reference]}: `distort`'s distortions.jsonl, or official metas")  # fmt: skip
     degradation.add_argument("--images", default=None, help="folder the image names are relative to (default: the "
                              "labels file's folder)")  # fmt: skip
-    degradation.add_argument("--reference-pattern", default=None, help="regex whose first group in the image "
-                             "name is the content, for labels without `reference` (default: the image)")  # fmt: skip
+    degradation.add_argument("--reference-pattern", type=_reference_pattern, default=None, help="regex whose first "
+                             "group in the image name is the content, for labels without `reference` (default: the "
+                             "image)")  # fmt: skip
     _add_split_arguments(degradation)
     degradation.set_defaults(run=_prepare_degradation)
 
@@ -71,7 +75,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                         "clean crop, the clean crop as reference, the less degraded one better")  # fmt: skip
     comparison.add_argument("--images", default=None, help="folder the image names are relative to (default: the "
                             "labels file's folder)")  # fmt: skip
-    comparison.add_argument("--pairs-per-reference", type=int, default=8, help="with --distortions")
+    comparison.add_argument("--pairs-per-reference", type=positive_int, default=8, help="with --distortions")
     comparison.add_argument("--similar-fraction", type=float, default=0.2, help="with --distortions: share of "
                             "equal-severity 'Similar' pairs (official data: 0.2)")  # fmt: skip
     _add_split_arguments(comparison)
@@ -87,15 +91,35 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     from vq_reward.data.labels import LAYOUTS
 
     parser.add_argument("--format", default="plain", choices=sorted(LAYOUTS), help="label file layout (see "
-                        "vq_reward/train/labels.py); plain = 'image mos [std]'")  # fmt: skip
-    parser.add_argument("--reference-pattern", default=None, help="regex whose first group, searched in the image "
-                        "name, is the reference image, e.g. '^(I\\d+)_' for KADID names")  # fmt: skip
+                        "vq_reward/data/labels.py); plain = 'image mos [std]'")  # fmt: skip
+    parser.add_argument("--reference-pattern", type=_reference_pattern, default=None, help="regex whose first group, "
+                        "searched in the image name, is the reference image, e.g. '^(I\\d+)_' for KADID "
+                        "names")  # fmt: skip
     parser.add_argument("--lower-is-better", action="store_true", help="the file holds DMOS: flip so 5 is best")
     parser.add_argument("--skip-bad-rows", action="store_true", help="skip and report bad lines instead of failing")
 
 
+def _file_name_part(text: str) -> str:
+    """An argparse type: text that can name files inside the output folder (no folder separators, not empty)."""
+    if not text.strip() or re.search(r"[/\\\x00]", text):
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be part of a file name; use a plain name such as KADID-10K")
+    return text
+
+
+def _reference_pattern(text: str) -> str:
+    """An argparse type: a regular expression with a group (the reference's part of the image name)."""
+    try:
+        groups = re.compile(text).groups
+    except re.error as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a regular expression ({error})") from None
+    if not groups:
+        raise argparse.ArgumentTypeError(f"{text!r} has no (group) for the reference, e.g. '^(.+)__'")
+    return text
+
+
 def _add_split_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset-name", required=True, help="kept in every row")
+    parser.add_argument("--dataset-name", required=True, type=_file_name_part, help="kept in every row and in the "
+                        "file names")  # fmt: skip
     parser.add_argument("--output-dir", required=True, help="folder for NAME_TASK_train/val/test.jsonl")
     parser.add_argument("--ratios", nargs=3, type=float, default=[0.6, 0.2, 0.2], help="train val test, by content")
     parser.add_argument("--seed", type=int, default=42, help="seed of the content shuffle (and of the pairs)")
@@ -167,9 +191,12 @@ def _distort(args: argparse.Namespace) -> int:
         crop_size=args.crop_size,
         seed=args.seed,
     )
-    labels = Path(args.output_dir) / "labels.txt"
-    print(f"{len(rows)} images, labels in {labels}. Next:\n  vq-reward prepare-data --labels {labels} --images "
-          f"{args.output_dir} --reference-pattern '^(.+)__' --dataset-name synthetic --output-dir data/")  # fmt: skip
+    # The hint writes the training rows beside the images' folder: `distort photos data/synthetic` -> data/.
+    images = Path(args.output_dir)
+    command = ["vq-reward", "prepare-data", "--labels", str(images / "labels.txt"), "--images", str(images),
+               "--reference-pattern", "^(.+)__", "--dataset-name", "synthetic",
+               "--output-dir", str(images.parent)]  # fmt: skip
+    print(f"{len(rows)} images, labels in {images / 'labels.txt'}. Next:\n  {shlex.join(command)}")
     return 0
 
 

@@ -30,7 +30,7 @@ def read_objects(path: str | os.PathLike, hint: str = "") -> Iterator[tuple[int,
     if not path.is_file():
         raise DataFileError(f"{path}: no such file.{' ' + hint if hint else ''}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a leading byte-order mark is dropped, not a JSON error
     except UnicodeDecodeError as error:
         raise DataFileError(f"{path}: not UTF-8 text ({error}); is it a JSON file?") from None
     if text.lstrip().startswith("["):
@@ -57,7 +57,6 @@ def write_jsonl(rows: Iterable[dict], path: str | os.PathLike) -> Path:
     A full disk or a kill leaves the old file (or none), never a partial one. Parent folders are created.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     return write_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
@@ -67,7 +66,6 @@ def write_jsonl_files(files: dict[Path, list[dict]]) -> list[Path]:
     staged: list[tuple[str, Path]] = []
     try:
         for path, rows in files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
             staged.append((_staged(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)), path))
     except BaseException:
         for temporary, _ in staged:
@@ -85,15 +83,26 @@ def write_atomically(path: Path, text: str) -> Path:
 
 
 def _staged(path: Path, text: str) -> str:
-    """`text` in a synced temporary file beside `path`; its name. Removed again if writing fails."""
+    """`text` in a synced temporary file beside `path` (parent folders created); its name. Removed again if writing
+    fails, and an OS error (a full disk) names `path`."""
+    if path.is_dir():
+        raise DataFileError(f"{path} is a folder; name the file to write.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise DataFileError(
+            f"cannot make the folder {path.parent}: a file is in the way; choose another folder."
+        ) from None
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(text)
             file.flush()
             os.fsync(file.fileno())
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename is None:
+            raise OSError(error.errno, f"cannot write {path}: {error.strerror}") from error
         raise
     return temporary
 

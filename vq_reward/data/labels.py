@@ -80,8 +80,9 @@ def read_label_file(
     Besides malformed lines, non-numeric or non-finite MOS and missing images, the file as a whole is checked: an
     image listed twice with different MOS is an error (twice with the same MOS, the repeat is dropped and reported
     among the skipped lines),
-    and so is a MOS far outside the others (more than 50 median absolute deviations from the median: a typo or a
-    missing-value code such as -1e308, which would squash every other label to one end after normalisation).
+    and so is a MOS far outside the others (more than 50 robust spreads from the median, see `_spread`: a typo or a
+    missing-value code such as -1e308, which would squash every other label to one end after normalisation). The
+    file is read as UTF-8; a leading byte-order mark (Excel's "CSV UTF-8") is dropped.
 
     Args:
         layout: where the fields are (`LAYOUTS[name]` or your own `Layout`).
@@ -99,14 +100,16 @@ def read_label_file(
         LabelRow(image='I01_01_01.png', mos=4.57, std=None, reference='I01', line=1)
     """
     path = Path(path)
-    lines = [(number, text) for number, text in enumerate(path.read_text().splitlines(), 1) if text.strip()]
+    if images_dir is not None and not Path(images_dir).is_dir():
+        raise LabelFileError(f"{images_dir}: no such folder of images; check --images.")
+    lines = [(number, text) for number, text in enumerate(_text(path).splitlines(), 1) if text.strip()]
     if not lines:
         raise LabelFileError(f"{path}: the label file is empty.")
     comma = path.suffix.lower() == ".csv" or "," in lines[0][1]
     records = [(number, _split(text, comma)) for number, text in lines]
     header = records.pop(0)[1] if layout.header else None
     columns = {name: _column(getattr(layout, name), header, path) for name in ("image", "mos", "std", "reference")}
-    pattern = re.compile(layout.reference_pattern) if layout.reference_pattern else None
+    pattern = _reference_pattern(layout.reference_pattern, path)
     rows: list[LabelRow] = []
     skipped: list[str] = []
     for number, fields in records:
@@ -145,12 +148,36 @@ def _whole_file_problems(rows: list[LabelRow], path: Path) -> tuple[list[LabelRo
     values = sorted(row.mos for row in kept)
     if len(values) >= 5:
         median = values[len(values) // 2]
-        spread = sorted(abs(v - median) for v in values)[len(values) // 2]
-        outliers = [row for row in kept if spread > 0 and abs(row.mos - median) > 50 * spread]
-        problems += [f"{path}:{row.line}: MOS {row.mos:g} is far outside the others (median {median:g}, median "
-                     f"deviation {spread:g}); a typo or a missing-value code?" for row in outliers]  # fmt: skip
+        spread = _spread(values, median)
+        outliers = [row for row in kept if abs(row.mos - median) > 50 * spread]
+        problems += [f"{path}:{row.line}: MOS {row.mos:g} is far outside the others (median {median:g}, spread "
+                     f"{spread:g}); a typo or a missing-value code?" for row in outliers]  # fmt: skip
         kept = [row for row in kept if row not in outliers]
     return kept, notes, problems
+
+
+def _spread(values: list[float], median: float) -> float:
+    """A robust spread of the sorted `values`, never 0: the median absolute deviation; when over half the values tie
+    (it is 0), half the interquartile range; when that is 0 too, the median's own size, at least 10 (50 times that
+    spans every common MOS scale, 0..100 included), so that a missing-value code such as 999 or 1e308 among tied
+    labels is still far outside."""
+    deviation = sorted(abs(value - median) for value in values)[len(values) // 2]
+    quartile_range = values[(3 * len(values)) // 4] - values[len(values) // 4]
+    return deviation or quartile_range / 2 or max(abs(median), 10.0)
+
+
+def _text(path: Path) -> str:
+    """The file's text: UTF-8, without a leading byte-order mark (it would end up in the first column name)."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise LabelFileError(f"{path}: no such label file; check --labels.") from None
+    except IsADirectoryError:
+        raise LabelFileError(f"{path} is a folder; --labels takes the label file itself.") from None
+    except UnicodeDecodeError as error:
+        line = error.object[: error.start].count(b"\n") + 1
+        raise LabelFileError(f"{path}:{line}: not UTF-8 text (byte 0x{error.object[error.start]:02x}); re-save the "
+                             "file as UTF-8, e.g. iconv -f latin1 -t utf-8 OLD > NEW.") from None  # fmt: skip
 
 
 def _row(
@@ -183,6 +210,18 @@ def _row(
     if images_dir is not None and not (Path(images_dir) / image).is_file():
         raise LabelFileError(f"{where}: image {image!r} not found in {images_dir}")
     return LabelRow(image=image, mos=mos, std=std, reference=reference, line=number)
+
+
+def _reference_pattern(text: str | None, path: Path) -> re.Pattern | None:
+    if text is None:
+        return None
+    try:
+        pattern = re.compile(text)
+    except re.error as error:
+        raise LabelFileError(f"{path}: reference pattern {text!r} is not a regular expression ({error}).") from None
+    if not pattern.groups:
+        raise LabelFileError(f"{path}: reference pattern {text!r} needs a (group) around the reference's part.")
+    return pattern
 
 
 def _split(text: str, comma: bool) -> list[str]:

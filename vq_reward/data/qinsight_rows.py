@@ -73,10 +73,11 @@ def degradation_rows(
             raise DataFileError(f"label {index} ({label}) lacks {missing}; degradation labels need image, "
                                 "distortion_class and severity.")  # fmt: skip
         _check_degradation(index, label["distortion_class"], label["severity"])
-        reference = label.get("reference") or _reference(label["image"], reference_pattern)
+        image = _image_name(label["image"], f"label {index}")
+        reference = label.get("reference") or _reference(image, reference_pattern)
         row = {
             "id": index,
-            "image": str(root / label["image"]),
+            "image": str(root / image),
             "dataset_name": dataset_name,
             "task": DEGRADATION_TASK,
             "distortion_class": label["distortion_class"],
@@ -145,9 +146,9 @@ def synthetic_comparisons(
     root = Path(images_dir).resolve()
     by_reference: dict[str, list[dict]] = {}
     for label in labels:
-        if "level" not in label or "reference" not in label:
+        if not isinstance(label.get("level"), int) or "reference" not in label:
             raise DataFileError(
-                f"label {label} lacks level/reference; use the distortions.jsonl of vq-reward distort."
+                f"label {label} lacks an integer level or a reference; use the distortions.jsonl of vq-reward distort."
             )
         by_reference.setdefault(label["reference"], []).append(label)
     rng = random.Random(seed)
@@ -187,7 +188,7 @@ def _comparison_row(
         raise DataFileError(f"pair {index}: result {result!r} is not one of {list(COMPARISON_RESULTS)}.")
     return {
         "id": index,
-        "images": [str(root / image) for image in images],
+        "images": [str(root / _image_name(image, f"pair {index}")) for image in images],
         "dataset_name": dataset_name,
         "task": COMPARISON_TASK,
         "result": result,
@@ -205,6 +206,12 @@ def _check_degradation(index: int, distortion_class: str, severity: str) -> None
     if severity not in allowed:
         raise DataFileError(f"label {index}: severity {severity!r} of class {distortion_class!r} is not one of "
                             f"{list(allowed)}.")  # fmt: skip
+
+
+def _image_name(value: object, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise DataFileError(f"{where}: image {value!r} is not a file name.")
+    return value
 
 
 def _reference(image: str, pattern: str | None) -> str:
