@@ -244,7 +244,7 @@ def _fit(x: np.ndarray, y: np.ndarray):
             gradient.append(-(float(dg @ v) - gv * float(g @ dg) / g_norm2) / (g_norm * v_norm))
         return -gv / (g_norm * v_norm), np.array(gradient)
 
-    best_r, best = -math.inf, None
+    best_r, best = -math.inf, (math.nan, math.nan)  # the first candidate's grid point beats -inf
     for grid_r, centre, log_scale in sorted(candidates, reverse=True)[:3]:
         result = optimize.minimize(
             negative_r, (centre, log_scale), jac=True, method="L-BFGS-B", bounds=[(lower, upper), log_scales],

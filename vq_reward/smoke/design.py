@@ -6,6 +6,7 @@ Every channel has one role, listed in the layout constants below, so the weights
 """
 
 import math
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -16,6 +17,15 @@ from transformers import (
     Qwen2Tokenizer,
     Qwen2VLImageProcessor,
     Qwen2VLVideoProcessor,
+)
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
+    Qwen2_5_VisionTransformerPretrainedModel,
+    Qwen2_5_VLAttention,
+    Qwen2_5_VLDecoderLayer,
+    Qwen2_5_VLMLP,
+    Qwen2_5_VLTextModel,
+    Qwen2_5_VLVisionAttention,
+    Qwen2_5_VLVisionBlock,
 )
 
 from vq_reward.smoke.tiny import CHAT_TEMPLATE, TINY_MAX_PIXELS, TINY_MIN_PIXELS, smoke_config, smoke_generation_config
@@ -84,16 +94,29 @@ def design_model(tokenizer: Qwen2Tokenizer, seed: int) -> Qwen2_5_VLForCondition
     return model
 
 
-def _design_vision(visual: torch.nn.Module, rng: np.random.Generator) -> None:
+Layer = TypeVar("Layer", bound=torch.nn.Module)
+
+
+def _as(kind: type[Layer], layer: torch.nn.Module) -> Layer:
+    """An item of a ModuleList or Sequential (typed as a plain Module) as the class the hand-set layout is for."""
+    if not isinstance(layer, kind):
+        raise TypeError(
+            f"expected a {kind.__name__}, got a {type(layer).__name__}: a Qwen2.5-VL layout this file does not know"
+        )
+    return layer
+
+
+def _design_vision(visual: Qwen2_5_VisionTransformerPretrainedModel, rng: np.random.Generator) -> None:
+    blocks = [_as(Qwen2_5_VLVisionBlock, block) for block in visual.blocks]
     with torch.no_grad():
         _set_patch_embedding(visual, rng)
         # Every RMSNorm divides by ~VISION_CONSTANT / sqrt(width): undo that, and drop the constant itself.
         gain = torch.full((VISION_WIDTH,), VISION_CONSTANT / math.sqrt(VISION_WIDTH))
         gain[CH_CONST] = 0.0
-        for norm in (*(n for b in visual.blocks for n in (b.norm1, b.norm2)), visual.merger.ln_q):
+        for norm in (*(n for b in blocks for n in (b.norm1, b.norm2)), visual.merger.ln_q):
             norm.weight.copy_(gain)
             norm.weight.requires_grad_(False)
-        first, second = visual.blocks
+        first, second = blocks
         first.attn.proj.weight.zero_()
         first.attn.proj.bias.zero_()
         first.attn.proj.bias[CH_CONST] = VISION_CONSTANT
@@ -102,7 +125,7 @@ def _design_vision(visual: torch.nn.Module, rng: np.random.Generator) -> None:
         _set_log_mlp(second.mlp)
 
 
-def _set_patch_embedding(visual: torch.nn.Module, rng: np.random.Generator) -> None:
+def _set_patch_embedding(visual: Qwen2_5_VisionTransformerPretrainedModel, rng: np.random.Generator) -> None:
     raw = np.zeros((VISION_WIDTH, 3, PATCH * PATCH))  # filters on [0, 1] pixels, per channel
     for c, channel in enumerate(CH_COLOUR):
         raw[channel, c] = 1.0 / PATCH**2
@@ -164,7 +187,7 @@ def _differences(axis: int, parity: int) -> np.ndarray:
     return np.array(rows)
 
 
-def _set_amplitude_mlp(mlp: torch.nn.Module) -> None:
+def _set_amplitude_mlp(mlp: Qwen2_5_VLMLP) -> None:
     """Units 2i, 2i+1: silu(+-a x_i) * 1; their sum / (a K) is the mean |projection| of band i."""
     unit = 0
     for b in range(len(BANDS)):
@@ -176,7 +199,7 @@ def _set_amplitude_mlp(mlp: torch.nn.Module) -> None:
     mlp.down_proj.bias.zero_()
 
 
-def _set_pooling_attention(attn: torch.nn.Module) -> None:
+def _set_pooling_attention(attn: Qwen2_5_VLVisionAttention) -> None:
     """q = k = 0: uniform attention over the image's patches; head 0 carries colour and amplitudes."""
     width = VISION_WIDTH
     attn.qkv.weight[: 2 * width] = 0.0
@@ -190,7 +213,7 @@ def _set_pooling_attention(attn: torch.nn.Module) -> None:
         attn.proj.weight[CH_POOLED + j, j] = 1.0
 
 
-def _set_log_mlp(mlp: torch.nn.Module) -> None:
+def _set_log_mlp(mlp: Qwen2_5_VLMLP) -> None:
     """log(amplitude) as sum_k w_k silu(a_k (x - t_k)) + c, with geometric knots t_k."""
     knots, slopes, weights, offset = _silu_log_fit(*LOG_RANGE)
     mlp.down_proj.bias.zero_()
@@ -203,7 +226,7 @@ def _set_log_mlp(mlp: torch.nn.Module) -> None:
         mlp.down_proj.bias[CH_LOG + b] = offset
 
 
-def _set_unit(mlp: torch.nn.Module, unit: int, channel: int, slope: float, bias: float) -> None:
+def _set_unit(mlp: Qwen2_5_VLMLP, unit: int, channel: int, slope: float, bias: float) -> None:
     """One gated-MLP unit computing silu(slope * x[channel] + bias), written nowhere yet."""
     mlp.gate_proj.weight[unit].zero_()
     mlp.gate_proj.weight[unit, channel] = slope
@@ -224,12 +247,12 @@ def _silu_log_fit(low: float, high: float, knots: int = 14) -> tuple[np.ndarray,
     return t, a, coef[:-1], float(coef[-1])
 
 
-def standardise_merger(visual: torch.nn.Module, features: torch.Tensor) -> None:
+def standardise_merger(visual: Qwen2_5_VisionTransformerPretrainedModel, features: torch.Tensor) -> None:
     """Merger units 0..13 pass the features, standardised on the training images, to image-token channels 1..14.
 
     A +10 shift keeps GELU in its linear range; image tokens also get IMAGE_MARK in channel 0.
     """
-    first, second = visual.merger.mlp[0], visual.merger.mlp[2]
+    first, second = _as(torch.nn.Linear, visual.merger.mlp[0]), _as(torch.nn.Linear, visual.merger.mlp[2])
     mean, std = features.mean(0), features.std(0) + 1e-6
     shift = 10.0
     with torch.no_grad():
@@ -246,20 +269,22 @@ def standardise_merger(visual: torch.nn.Module, features: torch.Tensor) -> None:
 
 
 def _design_language_model(model: Qwen2_5_VLForConditionalGeneration, gen: torch.Generator) -> None:
-    text = model.model.language_model
+    text: Qwen2_5_VLTextModel = model.model.language_model
     width = text.config.hidden_size
     routed = list(range(width - len(FEATURE_CHANNELS), width))  # residual channels that receive the features
-    attn = text.layers[0].self_attn
+    attn = _as(Qwen2_5_VLDecoderLayer, text.layers[0]).self_attn
     with torch.no_grad():
         # Unit-scale token embeddings (after the norm they are unit-scale anyway), empty in the reserved channels.
         embed = text.embed_tokens.weight
         embed.normal_(0.0, 1.0, generator=gen)
         embed[:, [0, *routed]] = 0.0
         _route_image(attn, width, routed)
-        _previous_token_heads(attn, width, routed, text.config.rope_parameters["rope_theta"], gen)
+        theta = (text.config.rope_parameters or {}).get("rope_theta")
+        assert theta is not None  # smoke_config sets it
+        _previous_token_heads(attn, width, routed, theta, gen)
 
 
-def _route_image(attn: torch.nn.Module, width: int, routed: list[int]) -> None:
+def _route_image(attn: Qwen2_5_VLAttention, width: int, routed: list[int]) -> None:
     """Head 0 (kv head 0): every query matches image tokens by channel 0 and copies their features."""
     hd = HEAD_DIM
     # q and k use the lowest rotary frequency (pair hd/2 - 1): its rotation over a few hundred positions is ~1e-3.
@@ -279,7 +304,7 @@ def _route_image(attn: torch.nn.Module, width: int, routed: list[int]) -> None:
 
 
 def _previous_token_heads(
-    attn: torch.nn.Module, width: int, routed: list[int], theta: float, gen: torch.Generator
+    attn: Qwen2_5_VLAttention, width: int, routed: list[int], theta: float, gen: torch.Generator
 ) -> None:
     """Heads 2 and 3 (kv head 1) attend to the tokens 1 and 2 back and write a random projection of them."""
     hd = HEAD_DIM
