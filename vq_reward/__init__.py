@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
 
-# public name -> the module that defines it
+# public name -> the module that defines it; __all__ and the TYPE_CHECKING block list the same (tests/test_layers.py)
 _EXPORTS = {
     "ImageInputError": "vq_reward.images",
     "ParsedAnswer": "vq_reward.parsing",
