@@ -1,5 +1,7 @@
 import os
+import re
 import struct
+import warnings
 import zlib
 
 import numpy as np
@@ -120,7 +122,8 @@ def test_oversized_inputs_are_refused_before_decoding(tmp_path):
         (torch.zeros(32, 32), r"has shape \(32, 32\); torch images must be NCHW or CHW"),
         (torch.zeros(2, 32, 32, 3), r"has shape \(2, 32, 32, 3\).*use tensor\.permute\(0, 3, 1, 2\)"),
         (torch.zeros(1, 1, 3, 32, 32), r"has shape \(1, 1, 3, 32, 32\)"),
-        (np.zeros((3, 32, 32), np.uint8), r"has shape \(1, 3, 32, 32\).*transpose"),
+        (np.zeros((3, 32, 32), np.uint8), r"has shape \(3, 32, 32\).*use array\.transpose\(1, 2, 0\)\.$"),
+        (np.zeros((2, 3, 32, 32), np.uint8), r"has shape \(2, 3, 32, 32\).*use array\.transpose\(0, 2, 3, 1\)\.$"),
         (np.zeros((32, 32, 3), np.int64), r"has dtype int64; pass uint8"),
         ([Image.new("RGB", (32, 32)), 42], r"images\[1\] is a int"),
         ({"a": 1}, r"images is a dict"),
@@ -213,3 +216,35 @@ def test_input_range_must_be_finite_and_increasing():
     for bad in [(float("nan"), 1.0), (0.0, float("inf")), (1.0, 1.0), (1.0, 0.0)]:
         with pytest.raises(ValueError, match="must be finite \\(low, high\\) with low < high"):
             to_rgb_images(torch.zeros(3, 32, 32), input_range=bad)
+
+
+@pytest.mark.parametrize("shape", [(384, 384, 3), (2, 64, 64, 3)], ids=["HWC", "NHWC"])
+def test_a_channels_last_tensor_gets_the_shape_passed_and_a_fix_that_works(shape):
+    pixels = torch.rand(shape)
+    with pytest.raises(ImageInputError) as caught:
+        to_rgb_images([pixels])
+    message = str(caught.value)
+    assert f"has shape {shape};" in message and "(1, 384, 384, 3)" not in message
+    dims = [int(d) for d in re.search(r"use tensor\.permute\(([\d, ]+)\)\.$", message).group(1).split(",")]
+    fixed = to_rgb_images([pixels.permute(*dims)])  # the fix the message gives works on the tensor passed
+    assert len(fixed) == (shape[0] if len(shape) == 4 else 1) and fixed[0].size == (shape[-2], shape[-3])
+
+
+def test_an_animated_image_is_scored_on_a_frame_it_names(tmp_path):
+    frames = [Image.new("RGB", (64, 48), color) for color in ((200, 0, 0), (0, 200, 0), (0, 0, 200))]
+    for name in ("a.gif", "b.webp"):
+        frames[0].save(tmp_path / name, save_all=True, append_images=frames[1:], lossless=True)
+    paths = [str(tmp_path / "a.gif"), str(tmp_path / "b.webp")]
+    with pytest.warns(UserWarning, match=rf"images\[0\] '{paths[0]}' is animated \(3 frames\): only frame 0, the "
+                      r"first, is scored \(1 more animated input likewise\)\. To score another frame"):  # fmt: skip
+        loaded = to_rgb_images(paths)
+    assert [image.getpixel((5, 5)) for image in loaded] == [(200, 0, 0)] * 2
+    opened = Image.open(paths[0])
+    opened.seek(2)
+    with pytest.warns(UserWarning, match=r"image is animated \(3 frames\): only frame 2, the one the PIL image is at"):
+        (third,) = to_rgb_images(opened)
+    assert third.getpixel((5, 5)) == (0, 0, 200)
+    opened.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a still image says nothing
+        to_rgb_images(frames[0])

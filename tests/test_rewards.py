@@ -189,9 +189,9 @@ def test_offload_and_onload_keep_scores_and_restore_placement(tiny_path):
     assert scorer.offload() is scorer and scorer.device.type == "cpu"  # on CPU already: nothing to move
     assert scorer.onload() is scorer and scorer.device.type == "cpu"
     assert torch.equal(scorer.onload("cpu").score(images), before)
-    scorer._onload_device = torch.device("cpu")  # as offload() records it from an accelerator
+    scorer.backend._onload_device = torch.device("cpu")  # as offload() records it from an accelerator
     scorer.onload()
-    assert scorer._onload_device is None  # consumed: a second onload() leaves the model where it is
+    assert scorer.backend._onload_device is None  # consumed: a second onload() leaves the model where it is
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -1,5 +1,7 @@
+import shutil
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -97,8 +99,20 @@ def test_generate_parses_with_the_shared_parser(scorer):
 def test_thinking_and_plain_prompts_are_the_official_templates(scorer):
     assert THINKING_TEMPLATE.format(Question=QUALITY_QUESTION) in scorer.prompt(thinking=True)
     assert NON_THINKING_TEMPLATE.format(Question=QUALITY_QUESTION) in scorer.prompt(thinking=False)
-    sampled = scorer.generate(noise_image(64, 64), thinking=True, max_new_tokens=4, temperature=0.7, top_k=5)
+    with pytest.warns(UserWarning, match="wrote no <think>"):
+        sampled = scorer.generate(noise_image(64, 64), thinking=True, max_new_tokens=4, temperature=0.7, top_k=5)
     assert len(sampled) == 1 and sampled[0].reasoning is None
+
+
+def test_thinking_without_reasoning_says_so_instead_of_a_silent_none():
+    scorer = VisualQualityScorer.from_pretrained("taught")  # answers "<answer>X.YZ</answer>" and never reasons
+    with pytest.warns(UserWarning, match=r"wrote no <think>\.\.\.</think> reasoning.*Rating\.reasoning is None.*"
+                      r"smoke models"):  # fmt: skip
+        (rating,) = scorer.generate(noise_image(64, 64), thinking=True, do_sample=False, max_new_tokens=12)
+    assert rating.reasoning is None and rating.score is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # without thinking nothing is missing: no warning
+        scorer.generate(noise_image(64, 64), do_sample=False, max_new_tokens=12)
 
 
 def test_out_of_range_answers_are_clipped_and_kept_raw():
@@ -188,11 +202,11 @@ def test_score_decodes_one_batch_at_a_time(scorer, tmp_path):
         noise_image(56 + 4 * i, 56, seed=i).save(tmp_path / f"{i:02d}.png")
     paths = sorted(tmp_path.glob("*.png"))
     decoded, at_forward = [], []
-    original_forward = scorer.model.forward
+    original_read = scorer.backend.read_scores  # one call, one forward, per batch
 
     def spy(*args, **kwargs):
         at_forward.append(len(decoded))
-        return original_forward(*args, **kwargs)
+        return original_read(*args, **kwargs)
 
     from PIL import ImageFile
 
@@ -203,13 +217,13 @@ def test_score_decodes_one_batch_at_a_time(scorer, tmp_path):
             decoded.append(self.filename)
         return original_load(self)
 
-    scorer.model.forward = spy
+    scorer.backend.read_scores = spy
     try:
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(ImageFile.ImageFile, "load", counting_load)
             scorer.score(paths, batch_size=4)
     finally:
-        del scorer.model.forward
+        del scorer.backend.read_scores
     assert at_forward == [4, 8, 12]  # each forward comes after its own batch was decoded, never all twelve first
 
 
@@ -230,3 +244,19 @@ def test_the_constructor_says_that_it_freezes_the_model(scorer):
     with pytest.warns(UserWarning, match="froze the model you passed.*copy.deepcopy"):
         VisualQualityScorer(trainable, scorer.processor)
     assert not any(p.requires_grad for p in trainable.parameters())
+
+
+def test_a_truncated_weights_file_is_one_line_naming_it_and_the_fix(tiny_path, tmp_path):
+    folder = tmp_path / "truncated"
+    shutil.copytree(tiny_path, folder)
+    weights = folder / "model.safetensors"
+    with open(weights, "r+b") as handle:
+        handle.truncate(weights.stat().st_size // 2)  # a download cut off midway
+    with pytest.raises(OSError, match=rf"^{weights} is truncated or corrupt \(.*\).*Download it again") as caught:
+        VisualQualityScorer.from_pretrained(folder)
+    assert "\n" not in str(caught.value)
+
+
+def test_loading_prints_no_weight_progress_bar(tiny_path, capfd):
+    VisualQualityScorer.from_pretrained(tiny_path, device="cpu")
+    assert "Loading weights" not in capfd.readouterr().err

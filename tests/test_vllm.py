@@ -263,7 +263,7 @@ def test_the_server_must_serve_the_model_asked_for(server, model):
         VisualQualityScorer.from_server(server.url, model="another-model")
     scorer = VisualQualityScorer.from_server([server.url, server.url.replace("127.0.0.1", "localhost")])
     assert scorer.backend.model_id == model[0] and len(scorer.backend.urls) == 2  # one model behind both URLs
-    assert scorer.recipe().backend_args["urls"] == scorer.backend.urls
+    assert scorer.recipe().load["urls"] == scorer.backend.urls
 
 
 @vllm_test

@@ -1,6 +1,34 @@
-"""Moving a model between devices for RL loops that share a GPU between the policy and the reward."""
+"""Which device a model goes to by default, and moving it between devices for RL loops that share a GPU between
+the policy and the reward."""
+
+import logging
 
 import torch
+
+
+logger = logging.getLogger("vq_reward")
+_announced = False
+
+
+def choose_device(device: str | torch.device | None = None) -> torch.device:
+    """`device` when given; else CUDA when available, else CPU (the rule of `from_pretrained` and `vq-reward score`).
+
+    The first time a device is chosen here, one line says which (the `vq_reward` logger, a warning so that it
+    shows without logging set up; silence it with `logging.getLogger("vq_reward").setLevel(logging.ERROR)`).
+
+    Example:
+        >>> choose_device("cpu")
+        device(type='cpu')
+    """
+    global _announced
+    if device is not None:
+        return torch.device(device)
+    chosen = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not _announced:
+        _announced = True
+        reason = "CUDA is available" if chosen.type == "cuda" else "no CUDA GPU found"
+        logger.warning("vq_reward: no device given, using %s (%s); device= (or --device) chooses.", chosen, reason)
+    return chosen
 
 
 def offload(model: torch.nn.Module) -> torch.device | None:

@@ -11,10 +11,15 @@ as they are, as the official VisualQuality-R1 code does.
 
 Decoding is lazy: `image_sources` checks every input and reads only file headers, so a scorer can sort a long list
 of paths by size and decode one batch at a time (`ImageSource.load`).
+
+Animated images (GIF, WebP, APNG, multi-page TIFF) are scored on one frame: a file on its first, a PIL image on the
+frame it is at (`image.tell()`). A warning names the input and the frame; to score another frame, `seek` to it in
+PIL and pass the image (or pass each frame as its own image).
 """
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,12 +78,15 @@ def resize_for_model(image: Image.Image, min_pixels: int, max_pixels: int) -> Im
 @dataclass(frozen=True)
 class ImageSource:
     """One checked input, not decoded yet: its name for messages, its stored size (before any EXIF rotation, which
-    changes neither its area nor its sides' ratio), and how to get its RGB pixels."""
+    changes neither its area nor its sides' ratio), how to get its RGB pixels, and for an animated image its number
+    of frames and the one scored."""
 
     name: str
     width: int
     height: int
     load: Callable[[], Image.Image]
+    frames: int = 1
+    frame: int = 0
 
 
 def image_sources(
@@ -103,7 +111,23 @@ def image_sources(
         for source in _sources(item, name, input_range, max_input_pixels, exif_transpose):
             _check_size(source.width, source.height, source.name, max_input_pixels)
             sources.append(source)
+    _warn_animated([source for source in sources if source.frames > 1])
     return sources
+
+
+def _warn_animated(animated: list[ImageSource]) -> None:
+    """One warning per call that names the first animated input and the frame of it that is scored."""
+    if not animated:
+        return
+    first = animated[0]
+    which = "the first" if first.frame == 0 else "the one the PIL image is at"
+    others = len(animated) - 1
+    more = f" ({others} more animated input{'s' if others > 1 else ''} likewise)" if others else ""
+    warnings.warn(
+        f"{first.name} is animated ({first.frames} frames): only frame {first.frame}, {which}, is scored{more}. To "
+        "score another frame, seek to it with PIL (image.seek(k)) and pass the image, or pass each frame.",
+        stacklevel=3,
+    )
 
 
 def to_rgb_images(
@@ -210,7 +234,12 @@ def _sources(
     if isinstance(item, (str, os.PathLike)):
         return [_file_source(item, name, max_pixels, exif_transpose)]
     if isinstance(item, Image.Image):
-        return [ImageSource(name, *item.size, lambda: pil_to_rgb(_upright(item, exif_transpose), name))]
+        image = item
+
+        def load() -> Image.Image:
+            return pil_to_rgb(_upright(image, exif_transpose), name)
+
+        return [ImageSource(name, *image.size, load, getattr(image, "n_frames", 1), image.tell())]
     if isinstance(item, np.ndarray):
         return _array_sources(item, name, input_range)
     if isinstance(item, torch.Tensor):
@@ -233,6 +262,7 @@ def _file_source(path: str | os.PathLike, name: str, max_pixels: int, exif_trans
         raise ImageInputError(f"{name} is empty (0 bytes); the file was not written completely. Re-create it.")
     with _opened(file, name) as image:  # Image.open reads only the header: the size is known before decoding
         width, height = image.size  # before any EXIF rotation, which keeps the area, the short side and the ratio
+        frames = getattr(image, "n_frames", 1)
     _check_size(width, height, name, max_pixels)
 
     def load() -> Image.Image:
@@ -251,7 +281,7 @@ def _file_source(path: str | os.PathLike, name: str, max_pixels: int, exif_trans
                 ) from error
             return pil_to_rgb(upright, name)
 
-    return ImageSource(name, width, height, load)
+    return ImageSource(name, width, height, load, frames)
 
 
 class _opened:
@@ -285,19 +315,18 @@ def _upright(image: Image.Image, exif_transpose: bool) -> Image.Image:
 
 
 def _array_sources(array: np.ndarray, name: str, input_range: tuple[float, float]) -> list[ImageSource]:
+    shape = tuple(array.shape)
     if array.ndim == 2:
         array = array[:, :, None]
     batch = array.ndim == 4
     if array.ndim == 3:
         array = array[None]
     if array.ndim != 4 or array.shape[-1] not in (1, 3, 4):
-        hint = (
-            " It looks channels-first; use array.transpose(1, 2, 0)."
-            if array.ndim == 4 and array.shape[1] in (1, 3)
-            else ""
-        )
+        hint = ""
+        if array.ndim == 4 and array.shape[1] in (1, 3):
+            hint = f" It looks channels-first; use array.transpose({'0, 2, 3, 1' if batch else '1, 2, 0'})."
         raise ImageInputError(
-            f"{name} has shape {tuple(array.shape)}; numpy images must be HWC or NHWC with 1, 3 or 4 channels.{hint}"
+            f"{name} has shape {shape}; numpy images must be HWC or NHWC with 1, 3 or 4 channels.{hint}"
         )
     if len(array) == 0:
         raise ImageInputError(f"{name} holds no images (batch size 0); pass at least one.")
@@ -327,17 +356,16 @@ def _tensor_sources(tensor: torch.Tensor, name: str, input_range: tuple[float, f
         raise ImageInputError(f"{name} is on the meta device and holds no pixels; pass a tensor with data.")
     if tensor.layout != torch.strided:
         raise ImageInputError(f"{name} is a {tensor.layout} tensor; call .to_dense() first.")
+    shape = tuple(tensor.shape)
     batch = tensor.ndim == 4
     if tensor.ndim == 3:
         tensor = tensor[None]
     if tensor.ndim != 4 or tensor.shape[1] not in (1, 3):
-        hint = (
-            " It looks channels-last; use tensor.permute(0, 3, 1, 2)."
-            if tensor.ndim == 4 and tensor.shape[-1] in (1, 3)
-            else ""
-        )
+        hint = ""
+        if tensor.ndim == 4 and tensor.shape[-1] in (1, 3):
+            hint = f" It looks channels-last; use tensor.permute({'0, 3, 1, 2' if batch else '2, 0, 1'})."
         raise ImageInputError(
-            f"{name} has shape {tuple(tensor.shape)}; torch images must be NCHW or CHW with 1 or 3 channels.{hint}"
+            f"{name} has shape {shape}; torch images must be NCHW or CHW with 1 or 3 channels.{hint}"
         )
     if len(tensor) == 0:
         raise ImageInputError(f"{name} holds no images (batch size 0); pass at least one.")

@@ -1,13 +1,16 @@
 """Loading a checkpoint's parts the way every user of them needs them: the processor left-padded with its pixel
-budget pinned and checked, the model refused unless every weight loaded, and never a line of code the checkpoint
-ships (the scorer, serving and training all use these).
+budget pinned and checked, the model refused unless every weight loaded (a truncated weights file named, with the
+fix), and never a line of code the checkpoint ships (the scorer, serving and training all use these). transformers'
+"Loading weights" progress bar is kept off the terminal; its download bars and warnings are not.
 """
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoConfig,
     AutoModelForImageTextToText,
@@ -47,7 +50,7 @@ def load_model(
     attn_implementation: str | None = None,
 ) -> PreTrainedModel:
     """The checkpoint's model, only if every weight loaded (see `check_loaded`)."""
-    with refusing_custom_code(path):
+    with refusing_custom_code(path), naming_broken_weights(path), quiet_weight_bar():
         model, info = AutoModelForImageTextToText.from_pretrained(
             path,
             revision=revision,
@@ -73,6 +76,52 @@ def refusing_custom_code(path: str) -> Iterator[None]:
             "vq_reward never runs code a checkpoint ships. Use a Qwen2.5-VL checkpoint (VisualQuality-R1, Q-Insight, "
             "or one re-saved with save_pretrained)."
         ) from None
+
+
+@contextlib.contextmanager
+def naming_broken_weights(path: str) -> Iterator[None]:
+    """Turn safetensors' "Error while deserializing header" into which file is broken and what to do."""
+    try:
+        yield
+    except SafetensorError as error:
+        raise OSError(
+            f"{broken_weights_file(path)} is truncated or corrupt ({error}): it was not downloaded or written "
+            "completely. Download it again (for a hub id, delete it from the Hugging Face cache first) or re-save the "
+            "checkpoint with save_pretrained."
+        ) from None
+
+
+def broken_weights_file(path: str) -> str:
+    """The first `.safetensors` file of a local checkpoint folder that does not open; the folder if none fails."""
+    for file in sorted(Path(path).glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except SafetensorError:
+            return str(file)
+    return path
+
+
+@contextlib.contextmanager
+def quiet_weight_bar() -> Iterator[None]:
+    """Without transformers' "Loading weights" bar, which every load would print; other bars (downloads) stay."""
+    from transformers.utils import logging as transformers_logging
+
+    if not hasattr(transformers_logging, "set_tqdm_hook"):  # older transformers: leave its bars as they are
+        yield
+        return
+    previous = transformers_logging.set_tqdm_hook(None)
+
+    def hook(factory: Any, args: tuple, kwargs: dict) -> Any:
+        if kwargs.get("desc") == "Loading weights":
+            kwargs = {**kwargs, "disable": True}
+        return previous(factory, args, kwargs) if previous is not None else factory(*args, **kwargs)
+
+    transformers_logging.set_tqdm_hook(hook)
+    try:
+        yield
+    finally:
+        transformers_logging.set_tqdm_hook(previous)
 
 
 def check_loaded(path: str, info: dict[str, Any]) -> None:

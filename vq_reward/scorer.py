@@ -6,33 +6,34 @@ time into RGB at Qwen's smart-resize size -> the model family's non-thinking pro
 sampling, so an image always gets the same score.
 
 `generate` is the reference "generate, then parse" path of the official code, and thinking mode, which also
-returns the model's reasoning. Reward adapters (`vq_reward.rewards`), the Q-Insight readouts (`vq_reward.qinsight`)
-and device moves (`vq_reward.devices`) live beside the scorer; its `as_*`, `degradation`, `compare`, `offload` and
-`onload` methods are one-line shortcuts to them.
+returns the model's reasoning. The model runs in a backend (`vq_reward.backends`: HF in this process, vLLM, or
+servers), built complete before the scorer gets it. Every score a call returns is a finite number in [1, 5];
+anything else raises `NonFiniteScoreError`, naming the images.
+
+Beside the scorer: the reward adapters (`vq_reward.rewards`; the `as_*` methods are one-line shortcuts to them),
+and the HF backend's own capabilities, which `degradation`, `compare` (the Q-Insight readouts, on prepared and
+batched images), `to`, `offload` and `onload` hand over to it.
 """
 
 import contextlib
-import importlib.util
 import inspect
 import os
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import torch
 from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
-from vq_reward import devices, prompts, qinsight
-from vq_reward.backends import Backend
+from vq_reward import prompts
+from vq_reward.backends import Backend, BackendSource, build_backend
 from vq_reward.backends.hf import HFBackend
-from vq_reward.hub import resolve_model
 from vq_reward.images import MAX_INPUT_PIXELS, Images, ImageSource, check_input_range, image_sources, resize_for_model
-from vq_reward.loading import load_model, load_processor
 from vq_reward.parsing import parse_answer
-from vq_reward.readout import FIRST_DIGITS, READOUTS, NumberTokens, Request, ScoreDetails, chat_text
+from vq_reward.readout import READOUTS, NumberTokens, Request, ScoreDetails, chat_text
 
 
 if TYPE_CHECKING:
@@ -40,8 +41,50 @@ if TYPE_CHECKING:
     from vq_reward.rewards import DifferentiableQualityReward, QualityReward, TrlQualityReward
 
 
-# Kept for `from vq_reward.scorer import DIGITS`: the first-digit tokens of the readout.
-DIGITS = FIRST_DIGITS
+T = TypeVar("T")
+NO_REASONING_WARNING = (
+    "generate(thinking=True): the model wrote no <think>...</think> reasoning in some answers, so their "
+    "Rating.reasoning is None. Models not taught to reason (the smoke models 'tiny' and 'taught') never write it; "
+    "a reasoning model that does not may have run out of max_new_tokens."
+)
+
+
+class NonFiniteScoreError(ValueError):
+    """Scores that came out NaN or infinite: never returned as scores.
+
+    Attributes:
+        indices: the positions of those images among the images scored (the caller's list, when each input is one
+            image: a path, a PIL image, an array or tensor of one image).
+        details: `score_details`' figures of the whole call in input order (the other images' scores are finite
+            and usable), or `None`.
+    """
+
+    def __init__(self, message: str, indices: list[int], details: ScoreDetails | None = None) -> None:
+        super().__init__(message)
+        self.indices = indices
+        self.details = details
+
+    def __reduce__(self) -> tuple:
+        return type(self), (str(self), self.indices, self.details)
+
+
+def check_finite(
+    scores: torch.Tensor, names: Sequence[str], backend: str, details: ScoreDetails | None = None
+) -> None:
+    """Raise `NonFiniteScoreError` naming the images (`names`, in the order of `scores`) whose score is not finite."""
+    indices = (~torch.isfinite(scores.detach())).nonzero().flatten().tolist()
+    if not indices:
+        return
+    shown = ", ".join(names[i] for i in indices[:5]) + (f" and {len(indices) - 5} more" if len(indices) > 5 else "")
+    what = "its score is not a finite number" if len(indices) == 1 else (
+        f"{len(indices)} of {len(scores)} scores are not finite numbers")  # fmt: skip
+    raise NonFiniteScoreError(
+        f"{shown}: {what} (NaN or inf). The model's output ({backend} backend) was not finite; likely causes: broken "
+        "weights (e.g. a NaN lm_head), float16 overflow (load with dtype=torch.bfloat16 or torch.float32), or a "
+        "server answering NaN log-probabilities.",
+        indices,
+        details,
+    )
 
 
 @dataclass(frozen=True)
@@ -51,7 +94,8 @@ class Rating:
     Attributes:
         score: the parsed score clipped into [1, 5]; `None` when the answer holds no number (never made up).
         raw_score: the number as the model wrote it, before clipping (e.g. 7.0 or -1.0); `None` likewise.
-        reasoning: the text of the last `<think>` block (thinking mode), else `None`.
+        reasoning: the text of the last `<think>` block (thinking mode), else `None`; also `None` when the model
+            wrote no `<think>` block (`generate(thinking=True)` warns then).
         text: the whole decoded completion.
     """
 
@@ -79,42 +123,40 @@ class ScorerRecipe:
     """How to load a copy of a scorer: what reward adapters pickle instead of the weights.
 
     Attributes:
-        model: an absolute local folder, or a hub id (for a server scorer: the served model id).
-        load: `from_pretrained` loading arguments (dtype, attention, revision, pixel budget).
+        model: an absolute local folder or a hub id (for a server scorer: the served model id); a recipe written by
+            hand may use any name `from_pretrained` takes.
+        load: the backend's arguments (`BackendSource.kwargs`): dtype, attention, revision and pixel budget; vLLM's
+            engine arguments; a server's URLs and client settings. A hand-written recipe may mix in settings.
         settings: the scorer's settings at the time the recipe was taken (prompt, readout, batch size, ...).
         backend: "hf", "vllm" or "server".
-        backend_args: the backend's own arguments: vLLM engine arguments, or the server URLs and client settings.
     """
 
     model: str
     load: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     backend: str = "hf"
-    backend_args: dict[str, Any] | None = None
 
-    def build(self, device: str | torch.device) -> "VisualQualityScorer":
+    def build(self, device: str | torch.device | None = None) -> "VisualQualityScorer":
         """Load the scorer this recipe describes (onto `device` for the HF backend; the others ignore it)."""
-        backend, args = getattr(self, "backend", "hf"), dict(getattr(self, "backend_args", None) or {})
-        if backend == "server":
-            return VisualQualityScorer.from_server(args.pop("urls"), model=self.model, **args, **self.load,
-                                                   **self.settings)  # fmt: skip
-        if backend == "vllm":
-            load = {**self.load, **args, **self.settings}
-            return VisualQualityScorer.from_pretrained(self.model, backend="vllm", **load)
-        return VisualQualityScorer.from_pretrained(self.model, device=device, **self.load, **self.settings)
+        settings, load = _split_settings(self.load)
+        backend = build_backend(BackendSource(self.backend, self.model, load), device)
+        return VisualQualityScorer(backend, **settings, **self.settings)
 
 
 class VisualQualityScorer:
     """Score image quality from 1 (very poor) to 5 (excellent) with a VisualQuality-R1 or Q-Insight checkpoint.
 
-    The constructor takes a ready model and processor and touches no network; `from_pretrained` does the loading.
-    It puts the model in eval mode and freezes its weights (`requires_grad_(False)`): the scorer never trains it,
-    and the differentiable reward must not accumulate gradients in it. Pass `copy.deepcopy(model)` to keep yours
-    trainable; a warning says so when the model you pass had trainable weights.
+    The constructor takes a ready model and processor (or a built backend) and touches no network;
+    `from_pretrained` and `from_server` do the loading. It puts a model in eval mode and freezes its weights
+    (`requires_grad_(False)`): the scorer never trains it, and the differentiable reward must not accumulate
+    gradients in it. Pass `copy.deepcopy(model)` to keep yours trainable; a warning says so when the model you pass
+    had trainable weights.
 
     Args:
-        model: a Qwen2.5-VL image-text-to-text model (the VisualQuality-R1 and Q-Insight checkpoints are).
-        processor: its processor. Its pixel budget (`image_processor.size`) is the one images are resized to.
+        model: a Qwen2.5-VL image-text-to-text model (the VisualQuality-R1 and Q-Insight checkpoints are), or a
+            backend (`vq_reward.backends`), which holds its own processor.
+        processor: the model's processor; its pixel budget (`image_processor.size`) is the one images are resized
+            to. Not needed with a backend.
         prompt_style: "visualquality-r1" (default) or "q-insight": which family's prompts, answer prefix and
             sampling defaults `score` and `generate` use (`prompts.STYLES`).
         question: the question text; the style's own by default (wrapped in the VisualQuality-R1 answer template
@@ -144,7 +186,7 @@ class VisualQualityScorer:
     def __init__(
         self,
         model: PreTrainedModel | Backend,
-        processor: ProcessorMixin,
+        processor: ProcessorMixin | None = None,
         *,
         prompt_style: Literal["visualquality-r1", "q-insight"] = "visualquality-r1",
         question: str | None = None,
@@ -161,6 +203,8 @@ class VisualQualityScorer:
         _check_readout(readout)
         _check_batch_size(batch_size)
         if isinstance(model, torch.nn.Module):
+            if processor is None:
+                raise TypeError("VisualQualityScorer(model, processor): a model object needs its processor.")
             if any(parameter.requires_grad for parameter in model.parameters()):
                 warnings.warn(
                     "VisualQualityScorer froze the model you passed (requires_grad_(False)) and put it in eval mode; "
@@ -168,8 +212,12 @@ class VisualQualityScorer:
                     stacklevel=2,
                 )
             model = HFBackend(model.eval().requires_grad_(False), processor)
+        elif processor is not None and processor is not model.processor:
+            raise ValueError(
+                f"the {model.name} backend holds its own processor; pass the backend alone, or build the backend with "
+                "the processor you want."
+            )
         self.backend: Backend = model
-        self.processor = processor
         style = prompts.STYLES[prompt_style]
         self.prompt_style = prompt_style
         self.question = question if question is not None else style.question
@@ -180,13 +228,10 @@ class VisualQualityScorer:
         self.add_vision_id = add_vision_id
         self.max_input_pixels = max_input_pixels
         self.exif_transpose = exif_transpose
-        self.tokens = NumberTokens.of(processor.tokenizer)
+        self.tokens = NumberTokens.of(self.processor.tokenizer)
         # Reward loops call from worker threads: one batch at a time through the processor and the model.
         self.lock = threading.RLock()
-        self.load_source: tuple[str, dict[str, Any]] | None = None  # set by from_pretrained, used by recipe()
-        self.backend_args: dict[str, Any] = {}  # likewise: the vllm engine's or the server client's arguments
         self._prompt_cache: dict[tuple, str] = {}
-        self._onload_device: torch.device | None = None
 
     @classmethod
     def from_pretrained(
@@ -194,7 +239,7 @@ class VisualQualityScorer:
         model_id_or_path: str | os.PathLike,
         *,
         backend: Literal["hf", "vllm"] = "hf",
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         attn_implementation: str = "sdpa",
         min_pixels: int | None = None,
@@ -209,7 +254,8 @@ class VisualQualityScorer:
                 training, or "tiny".
             backend: "hf" (default): the transformers model in this process; "vllm": vLLM's offline engine in this
                 process (`vq_reward.backends.vllm`; needs vLLM installed), same prompts, pixel budget and readouts.
-            device: where the HF model runs ("cpu" unless you say otherwise); vLLM picks its own devices.
+            device: where the HF model runs; `None`: CUDA when available, else CPU (as `vq-reward score`; the
+                first choice made is logged once). vLLM picks its own devices.
             dtype: `None` means bfloat16 on CUDA (the checkpoints' own dtype) and float32 elsewhere.
             attn_implementation: "sdpa" (default, everywhere), "flash_attention_2" (CUDA, `pip install
                 'vq-reward[flash]'`) or "eager".
@@ -220,7 +266,7 @@ class VisualQualityScorer:
                 others are `vllm.LLM` engine arguments (`tensor_parallel_size`, `gpu_memory_utilization`,
                 `max_model_len`, `kv_cache_memory_bytes`, `enable_prefix_caching`, `seed`, `enforce_eager`, ...).
         """
-        scorer_kwargs, engine_kwargs = _split_settings(kwargs)
+        settings, engine_kwargs = _split_settings(kwargs)
         if backend not in ("hf", "vllm"):
             raise ValueError(f"backend must be 'hf' or 'vllm' (servers: from_server), got {backend!r}.")
         if backend == "hf" and engine_kwargs:
@@ -228,117 +274,53 @@ class VisualQualityScorer:
                 f"from_pretrained() got unexpected keyword arguments {sorted(engine_kwargs)} (engine arguments apply "
                 "to backend='vllm' only)."
             )
-        if attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
-            raise ImportError(
-                "attn_implementation='flash_attention_2' needs flash-attn: pip install 'vq-reward[flash]' on a CUDA "
-                "machine, or use attn_implementation='sdpa'."
-            )
-        path = resolve_model(model_id_or_path, revision)
-        budget = {
-            key: value for key, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if value is not None
-        }
-        processor = load_processor(path, revision=revision, **budget)
-        if backend == "vllm":
-            from vq_reward.backends.vllm import VllmBackend
-
-            engine = VllmBackend(path, processor, revision=revision, dtype=dtype, **engine_kwargs)
-            scorer = cls(engine, processor, **scorer_kwargs)
-            scorer.load_source = (path, {"dtype": dtype, "revision": revision, **budget})
-            scorer.backend_args = dict(engine_kwargs)
-            return scorer
-        device = torch.device(device)
-        model = load_model(
-            path,
-            revision=revision,
-            dtype=dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32),
-            attn_implementation=attn_implementation,
-        )
-        scorer = cls(model.to(device).requires_grad_(False), processor, **scorer_kwargs)
-        # `dtype` is recorded as given (None stays None), so a copy loaded on another device gets that device's.
-        scorer.load_source = (path, {"dtype": dtype, "attn_implementation": attn_implementation,
-                                     "revision": revision, **budget})  # fmt: skip
-        return scorer
+        load = {"dtype": dtype, "min_pixels": min_pixels, "max_pixels": max_pixels, "revision": revision}
+        load.update({"attn_implementation": attn_implementation} if backend == "hf" else engine_kwargs)
+        return cls(build_backend(BackendSource(backend, os.fspath(model_id_or_path), load), device), **settings)
 
     @classmethod
-    def from_server(
-        cls,
-        url_or_urls: str | Sequence[str],
-        *,
-        model: str | None = None,
-        processor: ProcessorMixin | str | os.PathLike | None = None,
-        min_pixels: int | None = None,
-        max_pixels: int | None = None,
-        timeout: float = 600.0,
-        retries: int = 4,
-        max_workers: int | None = None,
-        **scorer_kwargs: Any,
-    ) -> "VisualQualityScorer":
+    def from_server(cls, url_or_urls: str | Sequence[str], **kwargs: Any) -> "VisualQualityScorer":
         """Score with the model behind vLLM OpenAI-compatible servers (`vq-reward serve MODEL`), e.g. the reward of
         a training loop on other GPUs. Same prompts, pixel budget, readouts and results as `from_pretrained`.
 
         Args:
             url_or_urls: "http://host:port", or a list of URLs serving the same model: images are spread over
                 them, all requests of one image to one server (data parallel across servers).
-            model: the served model id; `None` takes the one model the servers serve.
-            processor: where the processor (tokenizer, chat template, pixel budget) comes from: a processor, a local
-                folder or a hub id. `None`: the served model's root folder when it exists on this machine, else its
-                id (a smoke name, or a hub id: only processor files are fetched).
-            min_pixels / max_pixels: the pixel budget, when the server was started with another than the
-                checkpoint's (the scorer refuses a server that resizes differently).
-            timeout: seconds one HTTP request may take. retries: attempts after the first (429/5xx answers and
-                connection errors, with exponential backoff). max_workers: requests in flight (32 per server).
-            **scorer_kwargs: constructor settings (`question`, `readout`, `batch_size`, ...).
+            **kwargs: constructor settings (`question`, `readout`, `batch_size`, ...), and the client's arguments
+                (`vq_reward.backends.server.ServerBackend`, where their defaults are): `model` (the served model
+                id; `None` takes the one model served), `processor` (a processor, local folder or hub id; `None`:
+                the served model's own), `min_pixels` / `max_pixels` (the server's pixel budget, when it was started
+                with another than the checkpoint's), `timeout` (seconds one request may take), `retries`,
+                `max_workers` (requests in flight) and `api_key`.
 
         Example (not run here: it needs a server):
             >>> scorer = VisualQualityScorer.from_server("http://localhost:8000")  # doctest: +SKIP
             >>> reward_fn = scorer.as_reward()  # doctest: +SKIP
         """
-        from vq_reward.backends.server import ServerBackend, ServerError
+        from vq_reward.backends.server import ServerBackend
 
-        backend = ServerBackend(url_or_urls, model=model, timeout=timeout, retries=retries, max_workers=max_workers)
-        budget = {key: value for key, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if value}
-        if processor is None or isinstance(processor, (str, os.PathLike)):
-            candidates = [os.fspath(processor)] if processor is not None else [
-                name for name in (backend.root, backend.model_id) if name]  # fmt: skip
-            loaded, errors = None, []
-            for name in candidates:
-                try:
-                    loaded = load_processor(resolve_model(name), **budget)
-                    break
-                except (OSError, ValueError) as error:
-                    errors.append(f"{name}: {error}")
-            if loaded is None:
-                raise ServerError(
-                    f"cannot load the processor of the model served at {backend.urls[0]} (id {backend.model_id!r}, "
-                    f"root {backend.root!r}) on this machine ({'; '.join(errors)}). Pass processor= (a local folder "
-                    "or hub id with the served model's tokenizer and chat template) and min_pixels=/max_pixels= as "
-                    "the server was started with."
-                )
-            processor_source = processor
-            processor = loaded
-        else:
-            processor_source = processor
-        backend.attach(processor)
-        scorer = cls(backend, processor, **scorer_kwargs)
-        load = dict(budget)
-        if processor_source is not None:
-            is_path = isinstance(processor_source, os.PathLike)
-            load["processor"] = os.fspath(processor_source) if is_path else processor_source
-        scorer.load_source = (backend.model_id, load)
-        scorer.backend_args = {"urls": list(backend.urls), "timeout": timeout, "retries": retries,
-                               "max_workers": max_workers}  # fmt: skip
-        return scorer
+        settings, client_kwargs = _split_settings(kwargs)
+        return cls(ServerBackend(url_or_urls, **client_kwargs), **settings)
 
     @property
     def model(self) -> PreTrainedModel:
         """The in-process HF model (the "hf" backend only: vLLM's engine and servers hold theirs elsewhere)."""
+        return self.hf_backend().model
+
+    @property
+    def processor(self) -> ProcessorMixin:
+        """The backend's processor: its tokenizer, chat template and pixel budget make the prompts and images."""
+        return self.backend.processor
+
+    def hf_backend(self) -> HFBackend:
+        """The HF backend, which the differentiable reward, the Q-Insight readouts and device moves need."""
         if not isinstance(self.backend, HFBackend):
             raise TypeError(
                 f"this scorer runs on the {self.backend.name} backend, which has no in-process model; the "
                 "differentiable reward, the Q-Insight readouts and device moves need "
                 "from_pretrained(..., backend='hf')."
             )
-        return self.backend.model
+        return self.backend
 
     @property
     def device(self) -> torch.device:
@@ -366,14 +348,9 @@ class VisualQualityScorer:
 
         Raises `TypeError` for a scorer built from a model object, which has no recipe but its weights.
         """
-        if self.load_source is None:
-            raise TypeError(
-                "This scorer was built from a model object, so there is no recipe to load a copy from: build it with "
-                "VisualQualityScorer.from_pretrained(...) (a hub id, a local folder or 'tiny')."
-            )
-        model, load = self.load_source
-        return ScorerRecipe(model=model, load=dict(load), settings=self.settings(), backend=self.backend.name,
-                            backend_args=dict(self.backend_args))  # fmt: skip
+        source = self.backend.source()
+        return ScorerRecipe(model=source.model, load=dict(source.kwargs), settings=self.settings(),
+                            backend=source.backend)  # fmt: skip
 
     def prompt(self, thinking: bool = False) -> str:
         """The chat-templated prompt (assistant turn opened) for one image; the readouts append `answer_prefix`."""
@@ -433,6 +410,9 @@ class VisualQualityScorer:
     ) -> ScoreDetails:
         """Like `score`, with the digit distribution, the score's standard deviation and the health figures.
 
+        Raises `NonFiniteScoreError` when a score comes out NaN or infinite (broken weights, float16 overflow, a
+        server answering NaN): it names those images, and carries the figures of the whole call.
+
         Example:
             >>> details = scorer.score_details(torch.rand(2, 3, 56, 56))
             >>> details.probs.shape, details.digit_mass.shape
@@ -447,7 +427,9 @@ class VisualQualityScorer:
             batch = [self._resized(sources[i]) for i in indices]  # decoded one batch at a time
             with self._backend_lock():
                 parts.append((indices, self.backend.read_scores(request, batch, self.tokens, name)))
-        return _in_input_order(parts, len(sources), name)
+        details = _in_input_order(parts, len(sources), name)
+        check_finite(details.scores, [source.name for source in sources], self.backend.name, details)
+        return details
 
     def generate(
         self,
@@ -476,14 +458,16 @@ class VisualQualityScorer:
                                             top_p=top_p, max_new_tokens=max_new_tokens)  # fmt: skip
         sources = self._sources(images, input_range)
         request = self.request(thinking, forced=False)
-        texts = [""] * len(sources)
-        for indices in self._size_sorted_batches(sources, batch_size):
+
+        def run(indices: list[int]) -> list[str]:
             batch = [self._resized(sources[i]) for i in indices]
             with self._backend_lock():
-                generated = self.backend.generate(request, batch, settings)
-            for i, text in zip(indices, generated, strict=True):
-                texts[i] = text
-        return [Rating.from_text(text) for text in texts]
+                return self.backend.generate(request, batch, settings)
+
+        ratings = [Rating.from_text(text) for text in self._in_batches(sources, batch_size, run)]
+        if thinking and any(rating.reasoning is None for rating in ratings):
+            warnings.warn(NO_REASONING_WARNING, stacklevel=2)
+        return ratings
 
     def generation_settings(self, thinking: bool, **overrides: Any) -> dict[str, Any]:
         """`model.generate` keywords: the family's official defaults, then every override that is not `None`."""
@@ -497,26 +481,25 @@ class VisualQualityScorer:
         """Q-Insight degradation perception: distortion class and severity of each image (see `vq_reward.qinsight`).
 
         `thinking=False` is the deterministic one-forward readout over the closed set of answers; `thinking=True`
-        samples the model's reasoning with Q-Insight's settings (`generate_kwargs` override them).
+        samples the model's reasoning with Q-Insight's settings (`generate_kwargs` override them). The images are
+        prepared and batched by size here and read by the HF backend (`HFBackend.degradation`); other backends
+        raise `TypeError`.
 
         Example:
+            >>> from vq_reward.qinsight import DEGRADATION_CLASSES
             >>> found = scorer.degradation(torch.rand(1, 3, 56, 56))[0]
-            >>> found.distortion_class in qinsight.DEGRADATION_CLASSES + ("null",)
+            >>> found.distortion_class in DEGRADATION_CLASSES + ("null",)
             True
         """
+        backend = self.hf_backend()
         prepared = self.prepare(images)
         settings = {**prompts.STYLES["q-insight"].generation_settings(True), **generate_kwargs}
-        results: list = [None] * len(prepared)
-        for indices in self._size_sorted_batches(prepared, None):
-            batch = [prepared[i] for i in indices]
-            with self.lock, torch.inference_mode():
-                if thinking:
-                    found = qinsight.generate_degradation(self.model, self.processor, batch, settings)
-                else:
-                    found = qinsight.read_degradation(self.model, self.processor, batch)
-            for i, result in zip(indices, found, strict=True):
-                results[i] = result
-        return results
+
+        def run(indices: list[int]) -> "list[Degradation]":
+            with self.lock:
+                return backend.degradation([prepared[i] for i in indices], thinking, settings)
+
+        return self._in_batches(prepared, None, run)
 
     def compare(
         self, reference: Images, image_a: Images, image_b: Images, thinking: bool = False, **generate_kwargs: Any
@@ -524,8 +507,9 @@ class VisualQualityScorer:
         """Q-Insight comparison: is enhanced image A or B better, given the degraded reference, or are they similar?
 
         One result per (reference, A, B) triple, as "Image A", "Image B" or "Similar"; readout or generate path as
-        in `degradation`.
+        in `degradation`, read by the HF backend (`HFBackend.compare`) `batch_size` triples at a time.
         """
+        backend = self.hf_backend()
         columns = [self.prepare(images) for images in (reference, image_a, image_b)]
         if len({len(column) for column in columns}) != 1:
             counts = ", ".join(
@@ -535,20 +519,15 @@ class VisualQualityScorer:
         triples = [list(triple) for triple in zip(*columns, strict=True)]
         settings = {**prompts.STYLES["q-insight"].generation_settings(True), **generate_kwargs}
         results = []
-        size = self.batch_size
-        for start in range(0, len(triples), size):
-            batch = triples[start : start + size]
-            with self.lock, torch.inference_mode():
-                if thinking:
-                    results += qinsight.generate_comparison(self.model, self.processor, batch, settings)
-                else:
-                    results += qinsight.read_comparison(self.model, self.processor, batch)
+        for start in range(0, len(triples), self.batch_size):
+            with self.lock:
+                results += backend.compare(triples[start : start + self.batch_size], thinking, settings)
         return results
 
     def to(self, device: str | torch.device) -> "VisualQualityScorer":
         """Move the model to `device` and return the scorer."""
         with self.lock:
-            self.model.to(device)
+            self.hf_backend().to(device)
         return self
 
     def offload(self) -> "VisualQualityScorer":
@@ -558,14 +537,13 @@ class VisualQualityScorer:
         before scoring. The dtype is kept (bf16 stays bf16). A no-op for a model already on CPU.
         """
         with self.lock:
-            self._onload_device = devices.offload(self.model) or self._onload_device
+            self.hf_backend().offload()
         return self
 
     def onload(self, device: str | torch.device | None = None) -> "VisualQualityScorer":
         """Move the model back to the device it was offloaded from, or to `device` when given."""
         with self.lock:
-            devices.onload(self.model, device if device is not None else self._onload_device)
-            self._onload_device = None
+            self.hf_backend().onload(device)
         return self
 
     def as_reward(self, input_range: tuple[float, float] = (0.0, 1.0), rescale: bool = False) -> "QualityReward":
@@ -600,13 +578,23 @@ class VisualQualityScorer:
 
     def _backend_lock(self) -> contextlib.AbstractContextManager:
         """The scorer's lock around a backend call; none for a backend that takes concurrent calls (servers)."""
-        return contextlib.nullcontext() if getattr(self.backend, "concurrent", False) else self.lock
+        return contextlib.nullcontext() if self.backend.concurrent else self.lock
 
     def _sources(self, images: Images, input_range: tuple[float, float]) -> list[ImageSource]:
         return image_sources(images, check_input_range(input_range), self.max_input_pixels, self.exif_transpose)
 
     def _resized(self, source: ImageSource) -> Image.Image:
         return resize_for_model(source.load(), self.min_pixels, self.max_pixels)
+
+    def _in_batches(
+        self, items: Sequence[ImageSource | Image.Image], batch_size: int | None, run: Callable[[list[int]], list[T]]
+    ) -> list[T]:
+        """`run` over size-sorted batches of item indices, its results put back in input order."""
+        results: list[Any] = [None] * len(items)
+        for indices in self._size_sorted_batches(items, batch_size):
+            for i, result in zip(indices, run(indices), strict=True):
+                results[i] = result
+        return results
 
     def _size_sorted_batches(
         self, images: Sequence[ImageSource | Image.Image], batch_size: int | None

@@ -46,6 +46,10 @@ import torch
 from PIL import Image
 from transformers import ProcessorMixin
 
+from vq_reward.backends import BackendSource
+from vq_reward.backends.common import digit_logprobs, prompt_ids, sampling_settings
+from vq_reward.hub import resolve_model
+from vq_reward.loading import load_config, load_processor
 from vq_reward.readout import (
     NumberTokens,
     Request,
@@ -210,8 +214,10 @@ def weights_fingerprint(path: str, revision: str | None = None) -> str:
 class VllmBackend:
     """A vLLM offline engine in this process (`vllm.LLM`). The scorer holds its lock around each call.
 
+    `VllmBackend.load(model, ...)` resolves a model name and loads its processor first.
+
     Args:
-        path: the checkpoint (local folder or hub id) the scorer's processor was loaded from.
+        path: the checkpoint (local folder or hub id) the processor was loaded from.
         processor: that processor: its tokenizer makes the prompts' ids, its pixel budget goes to the engine.
         revision: the hub revision, if any.
         tensor_parallel_size, pipeline_parallel_size, dtype, gpu_memory_utilization, kv_cache_memory_bytes,
@@ -244,6 +250,12 @@ class VllmBackend:
         self.path = path
         self.revision = revision
         self.processor = processor
+        size = processor.image_processor.size
+        self._source = BackendSource("vllm", path, {
+            "revision": revision, "dtype": dtype, "min_pixels": size["shortest_edge"],
+            "max_pixels": size["longest_edge"], "tensor_parallel_size": tensor_parallel_size,
+            "pipeline_parallel_size": pipeline_parallel_size, **engine_kwargs,
+        })  # fmt: skip
         workers = tensor_parallel_size * pipeline_parallel_size
         gpu = has_gpu()
         if not gpu:
@@ -255,9 +267,6 @@ class VllmBackend:
             import vllm
         except ImportError as error:
             raise ImportError(INSTALL_HINT) from error
-        from vq_reward.loading import load_config
-
-        size = processor.image_processor.size
         self.settings = engine_settings(
             path,
             min_pixels=size["shortest_edge"],
@@ -274,17 +283,31 @@ class VllmBackend:
         self._sampling = vllm.SamplingParams
         self._fingerprint: str | None = None
 
-    def _prompt_ids(self, request: Request) -> list[int]:
-        # Unexpanded: one <|image_pad|> per image; vLLM expands it to the image's tokens (pre-expanded ids are
-        # silently read wrong).
-        return self.processor.tokenizer(request.text + request.answer_prefix, add_special_tokens=False)["input_ids"]
+    @classmethod
+    def load(
+        cls,
+        model: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        **engine_kwargs: Any,
+    ) -> "VllmBackend":
+        """Resolve `model` ("tiny", a local folder or a hub id), load its processor with the pixel budget asked for
+        (`None`: the checkpoint's), and start the engine (`engine_kwargs` as in the constructor)."""
+        path = resolve_model(model, revision)
+        budget = {key: value for key, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if value}
+        return cls(path, load_processor(path, revision=revision, **budget), revision=revision, **engine_kwargs)
+
+    def source(self) -> BackendSource:
+        return self._source
 
     def read_scores(
         self, request: Request, images: list[Image.Image], tokens: NumberTokens, readout: str
     ) -> ScoreDetails:
         branches = branch_continuations(tokens, readout)
         ids = branch_token_ids(tokens)
-        prompt = self._prompt_ids(request)
+        prompt = prompt_ids(self.processor, request)
         prompts = [
             {"prompt_token_ids": prompt + list(branch), "multi_modal_data": {"image": image}}
             for image in images
@@ -299,7 +322,7 @@ class VllmBackend:
     def generate(self, request: Request, images: list[Image.Image], settings: dict) -> list[str]:
         defaults = self.llm.model_config.get_diff_sampling_param() or {}  # the checkpoint's generation_config
         params = self._sampling.from_optional(**{**defaults, **sampling_settings(settings)})
-        prompt = self._prompt_ids(request)
+        prompt = prompt_ids(self.processor, request)
         prompts = [{"prompt_token_ids": prompt, "multi_modal_data": {"image": image}} for image in images]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         completions = [list(output.outputs[0].token_ids) for output in outputs]
@@ -311,41 +334,10 @@ class VllmBackend:
         return self._fingerprint
 
 
-GENERATE_KEYS = ("do_sample", "temperature", "top_k", "top_p", "max_new_tokens", "seed", "repetition_penalty", "min_p")
-
-
-def sampling_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """HF `generate` keywords as vLLM sampling parameters (OpenAI request fields use the same names).
-
-    `do_sample=False` is greedy (temperature 0); `max_new_tokens` becomes `max_tokens`; `temperature`, `top_k`,
-    `top_p`, `min_p`, `repetition_penalty` and `seed` keep their names. What is not given keeps the checkpoint's
-    generation config, as in HF.
-
-    Example:
-        >>> sampling_settings({"do_sample": False, "max_new_tokens": 10})
-        {'temperature': 0.0, 'max_tokens': 10}
-    """
-    unknown = sorted(set(settings) - set(GENERATE_KEYS))
-    if unknown:
-        raise ValueError(
-            f"generate settings {unknown} have no vLLM equivalent here; supported: {list(GENERATE_KEYS)}."
-        )
-    out = {key: settings[key] for key in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed")
-           if settings.get(key) is not None}  # fmt: skip
-    if not settings.get("do_sample", True):
-        out = {key: value for key, value in out.items() if key in ("repetition_penalty", "seed")}
-        out["temperature"] = 0.0
-    if settings.get("max_new_tokens") is not None:
-        out["max_tokens"] = int(settings["max_new_tokens"])
-    return out
-
-
 def _read_logprobs(position: Mapping[int, Any] | None, ids: list[int]) -> list[float]:
     """The log-probabilities of `ids` at one generated position (vLLM may add the sampled token: selected by id)."""
-    missing = [i for i in ids if position is None or i not in position]
-    if missing:
-        raise RuntimeError(f"vLLM returned no log-probability for token ids {missing}; is max_logprobs >= {len(ids)}?")
-    return [float(position[i].logprob) for i in ids]
+    by_id = {token: entry.logprob for token, entry in (position or {}).items()}
+    return digit_logprobs(by_id, ids, "vLLM", f"is max_logprobs >= {len(ids)}?")
 
 
 def _kv_bytes_per_token(text_config: Any, dtype: str) -> int:

@@ -39,10 +39,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, backends: bool = False)
         parser.add_argument("--server", action="append", default=None, metavar="URL",
                             help="score on a vLLM server started with `vq-reward serve`; repeat for several "
                             "servers (images are spread over them)")  # fmt: skip
-        parser.add_argument("--server-timeout", type=float, default=600.0,
-                            help="--server: seconds one request may take (default 600)")  # fmt: skip
-        parser.add_argument("--server-retries", type=non_negative_int, default=4,
-                            help="--server: retries of a failed request, exponential backoff (default 4)")  # fmt: skip
+        parser.add_argument("--server-timeout", type=float, default=120.0,
+                            help="--server: seconds one request may take in all (default 120)")  # fmt: skip
+        parser.add_argument("--server-retries", type=non_negative_int, default=2,
+                            help="--server: retries of a failed request, exponential backoff (default 2)")  # fmt: skip
     parser.add_argument(
         "--model", required=not backends,
         help="hub id (e.g. TianheWu/VisualQuality-R1-7B), local checkpoint folder, or a smoke model: 'taught' "
@@ -70,7 +70,6 @@ def load_scorer(args: argparse.Namespace, batch_size: int = 8):
     if getattr(args, "server", None):
         if args.backend != "hf":
             raise ValueError("--server and --backend vllm exclude each other: the server runs vLLM itself.")
-        quiet_loading()
         from vq_reward.scorer import VisualQualityScorer
 
         return VisualQualityScorer.from_server(
@@ -80,14 +79,12 @@ def load_scorer(args: argparse.Namespace, batch_size: int = 8):
     if not args.model:
         raise ValueError("--model is required (or --server URL of a running vq-reward serve).")
     model = resolve_model(args.model)  # a wrong name or an unreachable hub fails here, before torch loads
-    quiet_loading()
     import torch
 
     from vq_reward.scorer import VisualQualityScorer
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device}: this machine has no usable CUDA GPU; use --device cpu.")
+    if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {args.device}: this machine has no usable CUDA GPU; use --device cpu.")
     if args.model == "tiny":
         print("Using the tiny RANDOM smoke model: its scores mean nothing. Pass a real --model to score for real.",
               file=sys.stderr)  # fmt: skip
@@ -98,7 +95,7 @@ def load_scorer(args: argparse.Namespace, batch_size: int = 8):
         kwargs.update(backend="vllm", tensor_parallel_size=args.tensor_parallel_size)
     return VisualQualityScorer.from_pretrained(
         model,
-        device=device,
+        device=args.device,  # None: CUDA when available, else CPU (devices.choose_device, as in Python)
         dtype=None if args.dtype == "auto" else getattr(torch, args.dtype),
         min_pixels=args.min_pixels,
         max_pixels=args.max_pixels,
@@ -108,8 +105,8 @@ def load_scorer(args: argparse.Namespace, batch_size: int = 8):
 
 
 def quiet_loading() -> None:
-    """Keep the weight-loading progress bar, which says nothing to a scoring user, off the terminal (DeepSpeed's
-    import-time warning is filtered in `vq_reward.cli.main`)."""
+    """Keep transformers' and the hub's progress bars off the terminal (`vq-reward serve`). The scorer's loads need
+    not call it: `vq_reward.loading` keeps the "Loading weights" bar off by itself and leaves download bars on."""
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()

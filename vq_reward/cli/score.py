@@ -62,7 +62,7 @@ def run_score(args: argparse.Namespace) -> int:
         scorer,
         paths,
         args.output,
-        model_name=scorer.load_source[0] if args.server else canonical_name(args.model),
+        model_name=scorer.backend.source().model if args.server else canonical_name(args.model),
         thinking=args.thinking,
         retry_errors=args.retry_errors,
         generate_kwargs={"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else None,

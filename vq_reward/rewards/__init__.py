@@ -9,7 +9,9 @@
 
 All three are plain callable classes, never `nn.Module` (TRL would take a module for a text reward model). They
 pickle without weights (`ScorerSource`): the copy that a process unpickling them loads on first use scores exactly
-like the original. Calls from several threads are safe: the scorer scores one batch at a time.
+like the original. Calls from several threads are safe: the scorer sends one batch at a time to a model in this
+process (HF, vLLM), and lets concurrent calls through to a server backend, which takes them. A score is a finite
+number in [1, 5]: a NaN or infinite one raises `vq_reward.scorer.NonFiniteScoreError` (naming the images) instead.
 """
 
 from vq_reward.rewards.differentiable import DifferentiableQualityReward

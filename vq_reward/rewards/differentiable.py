@@ -1,25 +1,24 @@
 """`DifferentiableQualityReward`: the scorer's readout with a graph back to the pixels (DRaFT, AlignProp, ReFL)."""
 
-import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from vq_reward import readout
 from vq_reward.images import MIN_SIDE, ImageInputError, check_input_range
 from vq_reward.rewards.pixels import QwenImageLayout, pixel_inputs
 from vq_reward.rewards.source import REWARD_NAME, ScorerSource
-from vq_reward.scorer import VisualQualityScorer
+from vq_reward.scorer import VisualQualityScorer, check_finite
 
 
 class DifferentiableQualityReward:
     """`fn(images) -> Tensor[N]`: expected scores in [1, 5] with a graph back to `images` (DRaFT, AlignProp, ReFL).
 
     The pixels go through `vq_reward.rewards.pixels` (smart resize with bicubic antialias `F.interpolate`, the
-    processor's normalisation, Qwen's patch layout) into the frozen model, `batch_size` images per forward, and
-    through the scorer's own readout (`readout.read_scores`; "number" gives the gradient of the expected number).
+    processor's normalisation, Qwen's patch layout) into the scorer's HF backend (`HFBackend.read_pixel_scores`:
+    the frozen model, `batch_size` images per forward, the scorer's own prompt and readout; "number" gives the
+    gradient of the expected number). A score that is not finite raises `NonFiniteScoreError`.
     On an image whose size already conforms (sides multiples of 28 inside the pixel budget) and whose values are
     multiples of 1/255, the score equals `scorer.score()`; otherwise it differs by the resize filter and by
     `score()`'s uint8 rounding. Values outside `input_range` are clamped (their gradient is zero), as diffusion loops
@@ -75,10 +74,11 @@ class DifferentiableQualityReward:
         self, images: torch.Tensor | Sequence[torch.Tensor], prompts: Sequence[Any] | None = None
     ) -> torch.Tensor:
         scorer = self.source.get()
+        backend = scorer.hf_backend()
         batch = _tensor_list(images, scorer.max_input_pixels)
-        output_device = batch[0].device
         unit = [self._to_unit_range(image) for image in batch]
-        layout = QwenImageLayout.from_processor(scorer.processor)
+        layout = QwenImageLayout.from_processor(backend.processor)
+        request = scorer.request()
         scores = []
         for start in range(0, len(unit), scorer.batch_size):
             chunk = unit[start : start + scorer.batch_size]
@@ -86,45 +86,18 @@ class DifferentiableQualityReward:
             pixel_values, grid = pixel_inputs(
                 torch.stack(chunk) if isinstance(images, torch.Tensor) else chunk, layout
             )
-            with scorer.lock, self._checkpointing(scorer.model):
-                tokens = readout.token_inputs(scorer.processor, [scorer.readout_prompt()] * len(grid), grid)
-                inputs = {
-                    **tokens.to(scorer.device),
-                    "pixel_values": pixel_values.to(scorer.device, scorer.model.dtype),
-                    "image_grid_thw": grid.to(scorer.device),
-                }
-                details = readout.read_scores(scorer.model, inputs, scorer.tokens, scorer.readout)
+            with scorer.lock:
+                details = backend.read_pixel_scores(
+                    request, pixel_values, grid, scorer.tokens, scorer.readout, self.gradient_checkpointing
+                )
             scores.append(details.scores)
-        return torch.cat(scores).to(output_device)
+        result = torch.cat(scores)
+        check_finite(result, [f"images[{i}]" for i in range(len(batch))], backend.name)
+        return result.to(batch[0].device)
 
     def _to_unit_range(self, images: torch.Tensor) -> torch.Tensor:
         low, high = self.input_range
         return ((images - low) / (high - low)).clamp(0.0, 1.0)
-
-    @contextlib.contextmanager
-    def _checkpointing(self, model: torch.nn.Module) -> Iterator[None]:
-        """Activation checkpointing for this call only; the shared model is left as it was."""
-        if not self.gradient_checkpointing or _is_checkpointing(model):
-            yield
-            return
-        was_training = model.training
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.24 (the older name warns there)
-            model.activation_checkpointing_enable({"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.train()  # transformers checkpoints only in training mode
-        try:
-            yield
-        finally:
-            if hasattr(model, "activation_checkpointing_disable"):
-                model.activation_checkpointing_disable()
-            else:
-                model.gradient_checkpointing_disable()
-            model.train(was_training)
-
-
-def _is_checkpointing(model: torch.nn.Module) -> bool:
-    return any(getattr(module, "gradient_checkpointing", False) for module in model.modules())
 
 
 def _tensor_list(images: torch.Tensor | Sequence[torch.Tensor], max_pixels: int) -> list[torch.Tensor]:

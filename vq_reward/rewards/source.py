@@ -57,7 +57,9 @@ class ScorerSource:
             self._recipe: ScorerRecipe | None = None
         else:
             self._scorer = None
-            self._recipe = ScorerRecipe(model=canonical_name(scorer), load=dict(load_kwargs or {}))
+            load = dict(load_kwargs or {})
+            backend = load.pop("backend", "hf")
+            self._recipe = ScorerRecipe(model=canonical_name(scorer), load=load, backend=backend)
         self._loading = threading.Lock()
 
     def get(self) -> VisualQualityScorer:
