@@ -21,8 +21,8 @@ baseline spread of single images, about 2.8 standard errors of a batch of 8). On
 these statistics, while honest improvements can lower them (a denoiser lowers `high_frequency`, a deblocker
 `blockiness`); falls are reported, not warned. The monitor **warns** when a statistic drifts while the reward has
 risen by at least `reward_threshold` (default 0.25) baseline standard deviations (the reward's minimum std: 0.01):
-a `logging` warning on the "vq_reward.monitor" logger the first step a statistic starts drifting, and
-`"monitor/warning": 1.0` in the returned dict every step it holds.
+a `logging` warning on the "vq_reward.monitor" logger the first time each statistic drifts, and
+`"monitor/warning": 1.0` in the returned dict every step one does.
 
 It cannot tell hacking from a legitimate change the reward likes: a warning means "look at the samples".
 
@@ -111,7 +111,7 @@ class HackingMonitor:
 
     Use: `logs = monitor.update(step, images, rewards)` every step (or every few), then
     `writer.add_scalars(...)` / `wandb.log(logs, step=step)`. `monitor.warnings` keeps every warning as
-    `(step, message)`.
+    `(step, message)`, the first time each statistic drifts.
     """
 
     baseline_steps: int = 5
@@ -119,7 +119,7 @@ class HackingMonitor:
     reward_threshold: float = 0.25
     warnings: list[tuple[int, str]] = field(default_factory=list)
     _baseline: dict[str, list[np.ndarray]] = field(default_factory=dict, repr=False)
-    _drifting: set[str] = field(default_factory=set, repr=False)
+    _warned: set[str] = field(default_factory=set, repr=False)
     _seen: int = field(default=0, repr=False)
 
     def update(
@@ -146,14 +146,14 @@ class HackingMonitor:
         logs.update({f"monitor/{name}_drift": drift for name, drift in drifts.items()})
         rising = drifts["reward"] >= self.reward_threshold
         drifting = {name for name in STATISTICS if drifts[name] >= self.drift_threshold} if rising else set()
-        for name in sorted(drifting - self._drifting):
+        for name in sorted(drifting - self._warned):
             message = (
                 f"step {step}: possible reward hacking: the reward rose by {drifts['reward']:.2f} baseline stds "
                 f"while {name} rose by {drifts[name]:.2f} (mean {logs[f'monitor/{name}']:.4g}); look at the samples."
             )
             logger.warning(message)
             self.warnings.append((step, message))
-        self._drifting = drifting
+        self._warned |= drifting
         logs["monitor/warning"] = float(bool(drifting))
         return logs
 
