@@ -4,8 +4,9 @@ Layers, lowest first (a module may import its own layer and the ones below it, n
 is the table, and adding a layer is adding its line there:
 
     base     images, prompts, parsing, readout, loading, devices, distortions, views   (vq_reward/*.py)
-    engines  backends/, qinsight, smoke/    the ways a model runs, and the smoke models
-    front    hub, scorer, and the package's own __init__ (its lazy exports reach the scorer)
+    engines  backends/, qinsight, smoke/, hub   the ways a model runs, the smoke models, finding a model by name
+                                                (hub: each backend resolves its own model)
+    front    scorer, and the package's own __init__ (its lazy exports reach the scorer)
     rewards  vq_reward/rewards/   reward adapters for other people's loops
     data     vq_reward/data/      labels, rows, JSONL, distorted sets
     batch    vq_reward/batch/     the resumable scoring job
@@ -16,8 +17,10 @@ is the table, and adding a layer is adding its line there:
 
 Every import counts: relative ones (`from . import scorer`), function-local and `TYPE_CHECKING` ones, and
 `importlib.import_module` / `__import__` calls, so neither a cycle nor an upward import can hide behind a lazy
-import. A dynamic import whose target is not a string constant fails the check unless its module lists the table it
-reads in `LAZY_TABLES`. Upward imports are allowed only by qualified name, in `EXCUSED`.
+import. A dynamic import whose target is not a string constant (nor an f-string naming a module outside vq_reward)
+fails the check unless its module lists the table it reads in `LAZY_TABLES`. Upward imports are allowed only by
+qualified name, in `EXCUSED`; an excuse nothing uses fails too. The tests `test_the_check_catches*` add imports to
+real modules' source text (never to the files) and require the check to report them.
 """
 
 import ast
