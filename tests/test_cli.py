@@ -8,8 +8,8 @@ import sys
 import pytest
 from conftest import noise_image
 
-from vq_reward.cli import main
 from vq_reward.batch.results_file import ResultsFile
+from vq_reward.cli import main
 
 
 @pytest.fixture

@@ -82,3 +82,29 @@ def test_eval_checks_its_dependencies_before_scoring(tiny_path, labelled, tmp_pa
     assert cli(args) == 1
     assert "needs scipy: pip install 'vq-reward[eval]'" in capsys.readouterr().err
     assert not (tmp_path / "report.scores.jsonl").exists()  # nothing was scored
+
+
+def test_eval_writes_into_a_folder_that_does_not_exist_yet(tiny_path, labelled, tmp_path):
+    """The README's `--output eval/kadid.json`: the report, and the scores beside it, go into a new folder."""
+    report = tmp_path / "eval" / "kadid.json"
+    assert cli(["eval", "--labels", str(labelled / "images" / "labels.txt"), "--images", str(labelled / "images"),
+                "--model", str(tiny_path), "--output", str(report)]) == 0  # fmt: skip
+    assert json.loads(report.read_text())["datasets"]["labels"]["n"] == 40
+    assert (tmp_path / "eval" / "kadid.scores.jsonl").is_file()
+
+
+@pytest.mark.parametrize("option", ["--output", "--plot", "--scores"])
+def test_eval_checks_every_output_path_before_the_model_loads(labelled, tmp_path, capsys, monkeypatch, option):
+    import vq_reward.cli.options
+
+    def load_scorer(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output paths were checked")
+
+    monkeypatch.setattr(vq_reward.cli.options, "load_scorer", load_scorer)
+    (tmp_path / "a-file").write_text("not a folder")
+    args = ["eval", "--labels", str(labelled / "images" / "labels.txt"), "--images", str(labelled / "images"),
+            "--model", "tiny", option, str(tmp_path / "a-file" / "out")]  # fmt: skip
+    assert cli(args) == 1
+    err = capsys.readouterr().err
+    assert "a-file is a file, not a folder" in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing created

@@ -15,15 +15,7 @@ from tqdm.auto import tqdm
 
 from vq_reward.batch.results_file import ResultsFile, is_finite, non_finite_line
 from vq_reward.images import ImageInputError
-from vq_reward.scorer import VisualQualityScorer
-
-
-try:
-    from vq_reward.scorer import NonFiniteScoreError
-except ImportError:  # a scorer that does not check its scores yet: `is_finite` below still catches a NaN
-
-    class NonFiniteScoreError(ValueError):  # type: ignore[no-redef]
-        indices: list[int]
+from vq_reward.scorer import NonFiniteScoreError, VisualQualityScorer
 
 
 @dataclass(frozen=True)
@@ -67,8 +59,7 @@ def score_files(
 ) -> RunSummary:
     """Score `paths` into the results file `output`, resuming what an earlier run of the same settings began.
 
-    Returns the summary; failures are result lines (`{"path", "error"}`), not exceptions. The progress bar shows
-    only when there is something to score.
+    Returns the summary; failures are result lines (`{"path", "error"}`), not exceptions.
     """
     paths = list(dict.fromkeys(os.path.realpath(path) for path in paths))
     with ResultsFile(output) as results:
@@ -78,7 +69,8 @@ def score_files(
         chunk = 4 * (batch_size or scorer.batch_size)  # lines reach the disk at least this often
         scored = errors = 0
         first_errors: list[str] = []
-        with tqdm(total=len(todo), disable=not (progress and todo), unit="img") as bar:
+        # The bar clears itself when done (the summary says what was scored), and shows only when there is work.
+        with tqdm(total=len(todo), disable=not (progress and todo), leave=False, unit="img") as bar:
             for start in range(0, len(todo), chunk):
                 lines = _score_chunk(scorer, todo[start : start + chunk], thinking, batch_size, generate_kwargs)
                 results.append(lines)
@@ -116,18 +108,13 @@ def _score_chunk(
 def _score_lines(
     scorer: VisualQualityScorer, paths: list[str], images: list[Image.Image], batch_size: int | None
 ) -> list[dict]:
-    """One score line per image; the images the model scores NaN get error lines, and the others are scored."""
-    if not paths:
-        return []
+    """One score line per image, NaN included (`_score_chunk` makes those error lines)."""
     try:
         details = scorer.score_details(images, batch_size=batch_size)
-    except NonFiniteScoreError as error:
-        failed = set(error.indices)
-        if not failed:
+    except NonFiniteScoreError as error:  # it carries the figures of the whole call: the others are good scores
+        if error.details is None:
             raise
-        kept = [i for i in range(len(paths)) if i not in failed]
-        rest = iter(_score_lines(scorer, [paths[i] for i in kept], [images[i] for i in kept], batch_size))
-        return [non_finite_line(path) if i in failed else next(rest) for i, path in enumerate(paths)]
+        details = error.details
     lines = []
     for i, path in enumerate(paths):
         # Every digit of the float32 value: a rerun that gets the same bits writes the same line.
