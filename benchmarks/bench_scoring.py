@@ -1,7 +1,12 @@
 """Benchmark `score()` (both readouts) against the reference "generate, then parse" path, on the same images.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_scoring.py --model tiny
+    OMP_NUM_THREADS=1 python benchmarks/bench_scoring.py --model skeleton --paths first-digit number
     python benchmarks/bench_scoring.py --model TianheWu/VisualQuality-R1-7B --device cuda
+
+On "skeleton" (Qwen2.5-VL's real 152,064-row vocabulary at tiny widths, the real image budget) the peak memory
+columns show what the vocabulary costs each readout: the number readout reads 49 positions per image, the
+first-digit readout one.
 
 Three paths, each at every batch size (`--batch-sizes`, default 1 8 32) on `--num-images` 512x384 synthetic
 images:
@@ -145,7 +150,8 @@ def run_bench(
 
 
 def format_table(cells: list[Cell]) -> str:
-    """images/s (median, range over repeats), the speed ratios, and peak MiB of each path, one row per batch size."""
+    """images/s (median, range over repeats), the speed ratios, and peak MiB of each path, one row per batch size
+    ("-" for a path that was not run)."""
     by_key = {(cell.path, cell.batch_size): cell for cell in cells}
     header = [
         "batch", "first-digit img/s", "number img/s", "generate+parse img/s", "number / first-digit",
@@ -154,14 +160,25 @@ def format_table(cells: list[Cell]) -> str:
     ]  # fmt: skip
     rows = []
     for batch_size in sorted({cell.batch_size for cell in cells}):
-        first, number, generate = (by_key[(path, batch_size)] for path in PATHS)
+        first, number, generate = (by_key.get((path, batch_size)) for path in PATHS)
         rows.append([
-            batch_size, first.timing.rate_text(2), number.timing.rate_text(2), generate.timing.rate_text(2),
-            f"{number.timing.rate / first.timing.rate:.2f}x", f"{first.timing.rate / generate.timing.rate:.1f}x",
-            f"{number.timing.rate / generate.timing.rate:.1f}x", f"{first.peak_mib:.0f}", f"{number.peak_mib:.0f}",
-            f"{generate.peak_mib:.0f}",
+            batch_size, _rate(first), _rate(number), _rate(generate), _ratio(number, first, ".2f"),
+            _ratio(first, generate, ".1f"), _ratio(number, generate, ".1f"), _peak(first), _peak(number),
+            _peak(generate),
         ])  # fmt: skip
     return markdown_table(header, rows)
+
+
+def _rate(cell: Cell | None) -> str:
+    return cell.timing.rate_text(2) if cell else "-"
+
+
+def _ratio(cell: Cell | None, other: Cell | None, spec: str) -> str:
+    return f"{cell.timing.rate / other.timing.rate:{spec}}x" if cell and other else "-"
+
+
+def _peak(cell: Cell | None) -> str:
+    return f"{cell.peak_mib:.0f}" if cell else "-"
 
 
 NOTES = """\
@@ -174,7 +191,8 @@ about a 7B on a GPU, where every one of the ~10 decode steps is a full memory-bo
 
 def main(argv: list[str] | None = None) -> list[Cell]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny", help='"tiny", a local folder or a hub id')
+    parser.add_argument("--model", default="tiny", help='"tiny", "taught", "skeleton", a local folder or a hub id')
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="which paths to run")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 elsewhere), bfloat16, float32, ...")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
@@ -195,7 +213,7 @@ def main(argv: list[str] | None = None) -> list[Cell]:
     cells = run_bench(
         args.model, tuple(args.batch_sizes), fresh_process=not args.in_process, num_images=args.num_images,
         size=tuple(args.size), repeats=args.repeats, device=args.device, dtype=args.dtype,
-        answer_tokens=args.answer_tokens,
+        answer_tokens=args.answer_tokens, paths=tuple(args.paths),
     )  # fmt: skip
     print()
     print(format_table(cells))

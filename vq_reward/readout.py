@@ -17,20 +17,35 @@ Reading continuations in the prompt's forward pass (`tree_logits`): the continua
 the number readout, or every answer of a closed set) form a trie that is appended to each prompt as extra tokens.
 A 4D attention mask lets each appended token see the prompt and its own ancestors only, and explicit M-RoPE
 positions put a token at depth k at the prompt's last position + k, so each branch reads exactly what the separate
-sequence "prompt + branch" would, without copying the prompt's keys and values.
+sequence "prompt + branch" would, without copying the prompt's keys and values. The tree's 4D mask needs an
+attention that takes one: with `attn_implementation="flash_attention_2"` (or any other but "sdpa" and "eager") the
+language model runs the tree call with SDPA, for that call only; the vision tower and every other call keep the
+model's own attention.
+
+What is read (`token_logprobs`): per position only the log-normaliser and the few ids a readout uses. The model
+runs without its lm_head, and the lm_head is applied to the kept positions in chunks of at most `LOGITS_PER_CHUNK`
+logits (recomputed in the backward pass under autograd), so the number readout's 49 positions per image never
+become a (batch, 49, vocabulary) tensor: with Qwen's 152,064-row vocabulary that would be 30 MB per image.
 """
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
+from torch.utils.checkpoint import checkpoint
 from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
 
 
 FIRST_DIGITS = ("1", "2", "3", "4", "5")
 DECIMALS = ("0", "1", "2", "3", "4", "5", "6", "7", "8", "9")
 READOUTS = ("number", "first-digit")
+
+# The most logits that exist at once while log-probabilities are read (16 MiB in float32): 27 positions of Qwen's
+# 152,064-row vocabulary.
+LOGITS_PER_CHUNK = 1 << 22
 
 
 # -- prompt text and token inputs ----------------------------------------------------------------------------------
@@ -169,12 +184,6 @@ class ScoreDetails:
     readout: str = "first-digit"
 
 
-def first_digit_readout(last_logits: torch.Tensor, tokens: NumberTokens) -> ScoreDetails:
-    """The single-token readout from the logits `(N, vocab)` at the first answer position."""
-    logits = last_logits.to(torch.promote_types(last_logits.dtype, torch.float32))
-    return first_digit_from_logprobs(logits.log_softmax(-1)[:, list(tokens.first)])
-
-
 def first_digit_from_logprobs(first: torch.Tensor) -> ScoreDetails:
     """The "first-digit" readout from the log-probabilities `(N, 5)` of "1".."5" at the first answer position.
 
@@ -250,10 +259,14 @@ class AnswerTree:
 def tree_logits(model: PreTrainedModel, inputs: Mapping[str, torch.Tensor], tree: AnswerTree) -> torch.Tensor:
     """Logits `(N, 1 + M, vocab)` at the prompt's last position and at every node of `tree`, from one forward.
 
-    `inputs` is a left-padded batch (`model_inputs` or `token_inputs` plus pixels). The tree's tokens are appended
-    to every row; see the module docstring for the mask and the positions. Works under autograd (the
-    differentiable reward) and with any wrapper that forwards keyword arguments to the Qwen2.5-VL model.
+    Every logit of every node: for reading a few ids, `token_logprobs` holds far less. `inputs` is a left-padded
+    batch (`model_inputs` or `token_inputs` plus pixels); see the module docstring for the mask and the positions.
     """
+    return qwen_parts(model)[1](_tree_hidden(model, inputs, tree))
+
+
+def _tree_hidden(model: PreTrainedModel, inputs: Mapping[str, torch.Tensor], tree: AnswerTree) -> torch.Tensor:
+    """The last hidden states `(N, 1 + M, hidden)` at the prompt's last position and at every node of `tree`."""
     input_ids, padding = inputs["input_ids"], inputs["attention_mask"].bool()
     batch, length = input_ids.shape
     device = input_ids.device
@@ -273,7 +286,8 @@ def tree_logits(model: PreTrainedModel, inputs: Mapping[str, torch.Tensor], tree
     dtype = next(model.parameters()).dtype
     mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
 
-    positions, _ = _rope_index(model)(
+    body, _ = qwen_parts(model)
+    positions, _ = body.get_rope_index(
         input_ids,
         mm_token_type_ids=inputs["mm_token_type_ids"],
         image_grid_thw=inputs.get("image_grid_thw"),
@@ -291,38 +305,99 @@ def tree_logits(model: PreTrainedModel, inputs: Mapping[str, torch.Tensor], tree
         ],
         dim=1,
     )
-    keep = torch.arange(length - 1, total, device=device)
-    output = model(
-        input_ids=ids, attention_mask=mask[:, None], position_ids=position_ids, logits_to_keep=keep, use_cache=False,
-        **extra,
-    )  # fmt: skip
-    return output.logits
+    with _attention_for_4d_masks(body):
+        output = body(input_ids=ids, attention_mask=mask[:, None], position_ids=position_ids, use_cache=False, **extra)
+    return output.last_hidden_state[:, length - 1 :]
+
+
+# -- reading only what a readout uses ------------------------------------------------------------------------------
+
+
+def qwen_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The Qwen2.5-VL body (vision tower and language model, without the lm_head) and the lm_head inside `model`
+    (a plain, PEFT- or DeepSpeed-wrapped `Qwen2_5_VLForConditionalGeneration`); the readouts call these two."""
+    for module in model.modules():
+        body, head = getattr(module, "model", None), getattr(module, "lm_head", None)
+        if hasattr(body, "get_rope_index") and isinstance(head, torch.nn.Module):
+            return body, head
+    raise TypeError(
+        f"{type(model).__name__} has no Qwen2.5-VL model inside (no model.get_rope_index and lm_head); it cannot be "
+        "read. Pass a Qwen2.5-VL based checkpoint."
+    )
+
+
+def token_logprobs(
+    model: PreTrainedModel,
+    inputs: Mapping[str, torch.Tensor],
+    ids: Sequence[int],
+    tree: AnswerTree | None = None,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Full-vocabulary log-probabilities `(N, 1 + M, K)` of the token ids `ids`, read at the prompt's last position
+    and at every node of `tree` (`(N, 1, K)` without a tree), from one forward; logits are divided by `temperature`.
+
+    Only these K values and each position's normaliser are computed from the logits, `LOGITS_PER_CHUNK` at a time
+    (see the module docstring). Works under autograd (the differentiable reward).
+    """
+    if tree is None:
+        body, _ = qwen_parts(model)
+        hidden = body(**inputs, use_cache=False).last_hidden_state[:, -1:]
+    else:
+        hidden = _tree_hidden(model, inputs, tree)
+    head = qwen_parts(model)[1]
+    rows = hidden.flatten(0, 1)
+    step = max(1, LOGITS_PER_CHUNK // int(head.out_features))
+    wanted = torch.tensor(list(ids), device=hidden.device)
+    parts = []
+    for chunk in rows.split(step):
+        if torch.is_grad_enabled():  # keep no chunk's logits for the backward pass: recompute them there
+            parts.append(checkpoint(_read_chunk, head, chunk, wanted, temperature, use_reentrant=False))
+        else:
+            parts.append(_read_chunk(head, chunk, wanted, temperature))
+    return torch.cat(parts).unflatten(0, hidden.shape[:2])
+
+
+def _read_chunk(head: torch.nn.Module, hidden: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    logits = head(hidden)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if temperature != 1.0:
+        logits = logits / temperature
+    return logits[:, ids] - logits.logsumexp(-1, keepdim=True)
+
+
+_ROUTING_LOCK = threading.Lock()
+_ROUTED: dict[int, list] = {}  # id(text config) -> [its own attention implementation, tree calls running]
+
+
+@contextlib.contextmanager
+def _attention_for_4d_masks(body: torch.nn.Module) -> Iterator[None]:
+    """The language model's attention as SDPA while a call with a 4D mask runs, when its own one takes only 2D
+    padding masks (flash-attention and the like); "sdpa" and "eager" are kept. Thread-safe: the last of
+    overlapping calls restores the model's own implementation."""
+    config = body.language_model.config
+    with _ROUTING_LOCK:
+        entry = _ROUTED.get(id(config))
+        if entry is None and config._attn_implementation not in ("sdpa", "eager"):
+            entry = _ROUTED[id(config)] = [config._attn_implementation, 0]
+            config._attn_implementation = "sdpa"
+        if entry is not None:
+            entry[1] += 1
+    try:
+        yield
+    finally:
+        if entry is not None:
+            with _ROUTING_LOCK:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    config._attn_implementation = entry[0]
+                    del _ROUTED[id(config)]
 
 
 def number_tree(tokens: NumberTokens) -> AnswerTree:
-    """The 48 branches of the number readout: each first digit 1..4, its ".", and the ten first decimals under it.
-
-    Node order: [d1=1, ".", 0..9, d1=2, ".", 0..9, ...], so node `12 * a` is first digit a+1, `12 * a + 1` its dot and
-    `12 * a + 2 + b` its decimal b.
-    """
-    sequences = [[tokens.first[a]] for a in range(4)]
-    sequences += [[tokens.first[a], tokens.dot, tokens.decimals[b]] for a in range(4) for b in range(10)]
-    tree, _ = AnswerTree.from_sequences(sorted(sequences, key=lambda s: (tokens.first.index(s[0]), len(s), s)))
+    """The 48 branches of the number readout as one trie: each first digit 1..4, its ".", and the ten first decimals
+    under it (the continuations of `branch_continuations(tokens, "number")`, in that order of first appearance)."""
+    tree, _ = AnswerTree.from_sequences(branch_continuations(tokens, "number")[1:])
     return tree
-
-
-def number_readout(logits: torch.Tensor, tokens: NumberTokens) -> ScoreDetails:
-    """The exact expected two-decimal answer from `tree_logits(model, inputs, number_tree(tokens))`."""
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    first = logits[:, 0]  # the prompt's last position
-    branch = logits[:, 1:].unflatten(1, (4, 12))  # [N, first digit 1..4, (digit, dot, decimal 0..9), vocab]
-    decimals = list(tokens.decimals)
-    return number_from_logprobs(
-        first=first.log_softmax(-1)[:, list(tokens.first)],
-        dot=branch[:, :, 0].log_softmax(-1)[..., tokens.dot],  # "." after each first digit
-        second=branch[:, :, 1, decimals],  # read at the dot; logits will do, only their softmax is used
-        third=branch[:, :, 2:, decimals],  # read at d2
-    )
 
 
 def number_from_logprobs(
@@ -435,13 +510,12 @@ def candidate_logprobs(
     `temperature`); candidates sharing a token prefix share its nodes in the trie.
     """
     tree, paths = AnswerTree.from_sequences(candidates)
-    logits = tree_logits(model, inputs, tree).float() / temperature  # [N, 1 + M, vocab]
+    ids = sorted(set(tree.tokens))
+    logprobs = token_logprobs(model, inputs, ids, tree, temperature)  # [N, 1 + M, len(ids)]
     # Node i's token is predicted at its parent's position (index 0: the prompt's last position).
-    predictor = torch.tensor([0 if parent < 0 else parent + 1 for parent in tree.parents], device=logits.device)
-    logprobs = logits[:, predictor].log_softmax(-1)  # [N, M, vocab]
-    targets = torch.tensor(tree.tokens, device=logits.device)
-    token_logprobs = logprobs.gather(-1, targets.expand(len(logits), -1)[..., None]).squeeze(-1)  # [N, M]
-    return torch.stack([token_logprobs[:, path].sum(-1) for path in paths], dim=1)
+    predictor = [0 if parent < 0 else parent + 1 for parent in tree.parents]
+    per_node = logprobs[:, predictor, [ids.index(token) for token in tree.tokens]]  # [N, M]
+    return torch.stack([per_node[:, path].sum(-1) for path in paths], dim=1)
 
 
 def continuation_ids(tokenizer, prefix: str, answers: Sequence[str]) -> list[list[int]]:
@@ -475,20 +549,15 @@ def generate_texts(
     return processor.batch_decode(completions, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
-def _rope_index(model: torch.nn.Module):
-    """The M-RoPE position function of the Qwen2.5-VL model inside `model` (a plain, PEFT or DeepSpeed-wrapped one)."""
-    for module in model.modules():
-        if hasattr(module, "get_rope_index"):
-            return module.get_rope_index
-    raise TypeError(f"{type(model).__name__} has no Qwen2.5-VL model inside (no get_rope_index); it cannot be read.")
-
-
 def read_scores(
     model: PreTrainedModel, inputs: Mapping[str, torch.Tensor], tokens: NumberTokens, readout: str
 ) -> ScoreDetails:
     """The score readout `readout` ("number" or "first-digit") of a batch, from one forward."""
+    ids = branch_token_ids(tokens)
     if readout == "first-digit":
-        return first_digit_readout(first_digit_logits(model, inputs), tokens)
+        return details_from_branches(token_logprobs(model, inputs, ids), tokens, readout)
     if readout == "number":
-        return number_readout(tree_logits(model, inputs, number_tree(tokens)), tokens)
+        tree, paths = AnswerTree.from_sequences(branch_continuations(tokens, "number")[1:])
+        positions = [0] + [path[-1] + 1 for path in paths]  # where the token after each branch is read
+        return details_from_branches(token_logprobs(model, inputs, ids, tree)[:, positions], tokens, readout)
     raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}.")
