@@ -40,9 +40,9 @@ def offload(model: torch.nn.Module) -> torch.device | None:
     if device.type == "cpu":
         return None
     model.to("cpu")
-    backend = getattr(torch, device.type, None)
-    if hasattr(backend, "empty_cache"):
-        backend.empty_cache()
+    empty_cache = getattr(getattr(torch, device.type, None), "empty_cache", None)  # torch.cuda, torch.xpu, ...
+    if callable(empty_cache):
+        empty_cache()
     return device
 
 

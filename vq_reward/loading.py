@@ -51,7 +51,7 @@ def load_model(
 ) -> PreTrainedModel:
     """The checkpoint's model, only if every weight loaded (see `check_loaded`)."""
     with refusing_custom_code(path), naming_broken_weights(path), quiet_weight_bar():
-        model, info = AutoModelForImageTextToText.from_pretrained(
+        loaded: Any = AutoModelForImageTextToText.from_pretrained(
             path,
             revision=revision,
             dtype=dtype,
@@ -59,6 +59,7 @@ def load_model(
             trust_remote_code=False,  # explicit: transformers would otherwise ask on stdin for an unknown model type
             output_loading_info=True,
         )
+    model, info = loaded
     check_loaded(path, info)
     return model
 

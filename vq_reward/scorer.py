@@ -29,7 +29,7 @@ from PIL import Image
 from transformers import PreTrainedModel, ProcessorMixin
 
 from vq_reward import prompts
-from vq_reward.backends import Backend, BackendSource, build_backend
+from vq_reward.backends import Backend, BackendSource
 from vq_reward.backends.hf import HFBackend
 from vq_reward.images import MAX_INPUT_PIXELS, Images, ImageSource, check_input_range, image_sources, resize_for_model
 from vq_reward.parsing import parse_answer
@@ -116,6 +116,22 @@ class Rating:
         low, high = VisualQualityScorer.score_range
         score = None if parsed.score is None else min(max(parsed.score, low), high)
         return cls(score=score, raw_score=parsed.score, reasoning=parsed.reasoning, text=text)
+
+
+def build_backend(source: BackendSource, device: str | torch.device | None = None) -> Backend:
+    """The backend `source` describes; `device` places the HF model (`None`: CUDA when available, else CPU), the
+    vLLM engine and servers place their own."""
+    if source.backend == "hf":
+        return HFBackend.load(source.model, device=device, **source.kwargs)
+    if source.backend == "vllm":
+        from vq_reward.backends.vllm import VllmBackend
+
+        return VllmBackend.load(source.model, **source.kwargs)
+    if source.backend == "server":
+        from vq_reward.backends.server import ServerBackend
+
+        return ServerBackend(**source.kwargs)
+    raise ValueError(f"backend must be 'hf', 'vllm' or 'server', got {source.backend!r}.")
 
 
 @dataclass(frozen=True)
@@ -609,10 +625,8 @@ class VisualQualityScorer:
 def _in_input_order(parts: list[tuple[list[int], ScoreDetails]], count: int, name: str) -> ScoreDetails:
     """Scatter the batches' figures back into input order, as float32 CPU tensors."""
 
-    def gather(field_name: str) -> torch.Tensor | None:
+    def gather(field_name: str) -> torch.Tensor:
         first = getattr(parts[0][1], field_name)
-        if first is None:
-            return None
         out = torch.empty((count, *first.shape[1:]), dtype=torch.float32)
         for indices, details in parts:
             out[indices] = getattr(details, field_name).detach().float().cpu()
@@ -620,7 +634,7 @@ def _in_input_order(parts: list[tuple[list[int], ScoreDetails]], count: int, nam
 
     return ScoreDetails(
         scores=gather("scores"), std=gather("std"), probs=gather("probs"), digit_mass=gather("digit_mass"),
-        dot_mass=gather("dot_mass"), readout=name,
+        dot_mass=gather("dot_mass") if parts[0][1].dot_mass is not None else None, readout=name,
     )  # fmt: skip
 
 

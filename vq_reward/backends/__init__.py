@@ -14,7 +14,8 @@ A backend provides:
 - `fingerprint() -> str`: a short identity of the weights it serves (results files record it);
 - `source() -> BackendSource`: how to build an equal backend in another process (what pickled rewards carry).
 
-`build_backend(source, device)` builds any of them from a `BackendSource`. The HF backend alone holds the model in
+`vq_reward.scorer.build_backend(source, device)` builds any of them from a `BackendSource` (beside the scorer, so
+that no backend module imports another). The HF backend alone holds the model in
 this process, so it alone also reads scores with a graph back to the pixels, moves between devices and runs the
 Q-Insight readouts.
 """
@@ -22,7 +23,6 @@ Q-Insight readouts.
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import torch
 from PIL import Image
 from transformers import ProcessorMixin
 
@@ -60,21 +60,3 @@ class Backend(Protocol):
     def fingerprint(self) -> str: ...
 
     def source(self) -> BackendSource: ...
-
-
-def build_backend(source: BackendSource, device: str | torch.device | None = None) -> Backend:
-    """The backend `source` describes; `device` places the HF model (`None`: CUDA when available, else CPU), the
-    vLLM engine and servers place their own."""
-    if source.backend == "hf":
-        from vq_reward.backends.hf import HFBackend
-
-        return HFBackend.load(source.model, device=device, **source.kwargs)
-    if source.backend == "vllm":
-        from vq_reward.backends.vllm import VllmBackend
-
-        return VllmBackend.load(source.model, **source.kwargs)
-    if source.backend == "server":
-        from vq_reward.backends.server import ServerBackend
-
-        return ServerBackend(**source.kwargs)
-    raise ValueError(f"backend must be 'hf', 'vllm' or 'server', got {source.backend!r}.")

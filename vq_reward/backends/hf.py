@@ -83,7 +83,8 @@ class HFBackend:
         )
         # `dtype` is recorded as given (None stays None), so a copy loaded on another device gets that device's.
         kwargs = {"dtype": dtype, "attn_implementation": attn_implementation, "revision": revision, **budget}
-        return cls(loaded.to(place).eval().requires_grad_(False), processor, BackendSource("hf", path, kwargs))
+        devices.onload(loaded, place)
+        return cls(loaded.eval().requires_grad_(False), processor, BackendSource("hf", path, kwargs))
 
     @property
     def device(self) -> torch.device:
@@ -146,7 +147,7 @@ class HFBackend:
             return qinsight.read_comparison(self.model, self.processor, triples)
 
     def to(self, device: str | torch.device) -> None:
-        self.model.to(device)
+        devices.onload(self.model, device)
 
     def offload(self) -> None:
         """Move the model to CPU memory and free its accelerator memory (remembering where it was)."""

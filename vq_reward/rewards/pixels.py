@@ -16,6 +16,7 @@ the same function the PIL path uses.
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +54,7 @@ class QwenImageLayout:
             >>> layout.factor
             28
         """
-        image_processor = getattr(processor, "image_processor", processor)
+        image_processor: Any = getattr(processor, "image_processor", processor)
         size = image_processor.size
         return cls(
             min_pixels=int(size["shortest_edge"]),

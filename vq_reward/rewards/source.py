@@ -68,7 +68,7 @@ class ScorerSource:
             with self._loading:
                 if self._scorer is None:
                     device = self.device if self.device is not None else default_device()
-                    self._scorer = self._recipe.build(device)
+                    self._scorer = self.recipe().build(device)
         return self._scorer
 
     @property
@@ -78,7 +78,10 @@ class ScorerSource:
 
     def recipe(self) -> ScorerRecipe:
         """What a copy loads: the loaded scorer's current recipe, or the one this source was given."""
-        return self._scorer.recipe() if self._scorer is not None else self._recipe
+        if self._scorer is not None:
+            return self._scorer.recipe()
+        assert self._recipe is not None  # set whenever no scorer is
+        return self._recipe
 
     def __getstate__(self) -> dict[str, Any]:
         return {"device": self.device, "recipe": self.recipe()}
