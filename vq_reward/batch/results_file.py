@@ -81,14 +81,14 @@ class ResultsFile:
         results = cls(path)
         if results.target.exists():
             with open(results.target, "rb") as file:
-                results._lock(file)
+                results._lock(file, fcntl.LOCK_SH)  # shared: a read-only file may not take an exclusive lock on NFS
                 results._read(file, repair=False)
 
     def __enter__(self) -> "ResultsFile":
         check_output(self.path)
         self._file = open(self.target, "a+b")  # noqa: SIM115 - held open for the lock and the appends
         try:
-            self._lock(self._file)
+            self._lock(self._file, fcntl.LOCK_EX)
             self._read(self._file, repair=True)
         except BaseException:
             self._file.close()
@@ -141,9 +141,9 @@ class ResultsFile:
         _write_synced(self._file, text.encode("ascii"), self.path)
         self._lines.extend(lines)
 
-    def _lock(self, file: IO[bytes]) -> None:
+    def _lock(self, file: IO[bytes], kind: int) -> None:
         try:
-            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(file.fileno(), kind | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ResultsFileError(
                 f"{self.path} is being written by another vq-reward run; wait for it to finish, or pass another "
