@@ -12,8 +12,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "score", help="score image files and folders into a resumable JSONL file",
         description="Score images into a JSONL file, one line per image; rerunning the same command resumes.",
         epilog="Exit status: 0 when the run finished, even if some images failed (each has an error line in the "
-        "file and the first reasons are printed); 1 when no image could be scored, on a usage or model error, and "
-        "with --fail-on-error when any image given has no score.",
+        "file and the first reasons are printed); 1 when no image could be scored, on an error (a wrong model, a "
+        "file that is not ours), and with --fail-on-error when any image given has no score; 2 on a usage error.",
     )  # fmt: skip
     score.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
     add_model_arguments(score, backends=True)
