@@ -7,9 +7,9 @@ label file, images and `Qwen/Qwen2.5-VL-7B-Instruct` (and a GPU recipe from trai
 
 The same steps on the command line:
 
-    vq-reward distort examples/images runs/ex/images --crops 2
-    vq-reward prepare-data --labels runs/ex/images/labels.txt --images runs/ex/images --reference-pattern '^(.+)__' \\
-        --dataset-name synthetic --output-dir runs/ex/data
+    vq-reward distort examples/images runs/ex/data/synthetic --crops 2
+    vq-reward prepare-data --labels runs/ex/data/synthetic/labels.txt --images runs/ex/data/synthetic \\
+        --reference-pattern '^(.+)__' --dataset-name synthetic --output-dir runs/ex/data
     python -m vq_reward.train.grpo --config train/recipes/tiny_cpu.yaml \\
         --train_files runs/ex/data/synthetic_train.jsonl --output_dir runs/ex/model --max_steps 30
     vq-reward eval --labels runs/ex/data/synthetic_test.jsonl --model runs/ex/model --output runs/ex/eval.json
@@ -37,8 +37,9 @@ def main() -> None:
     out = Path(args.output)
 
     # 1. Data: graded degradations of the sample photos (quality label 5.0 clean .. 1.0 catastrophic), split 60/20/20
-    #    by source crop so no content is both trained on and tested.
-    images = out / "images"
+    #    by source crop so no content is both trained on and tested. The images go into data/synthetic/, the rows
+    #    beside them into data/ (where `distort`'s printed next step puts them).
+    images = out / "data" / "synthetic"
     vq_reward(["distort", str(REPO / "examples" / "images"), str(images), "--crops", "2"])
     vq_reward(["prepare-data", "--labels", str(images / "labels.txt"), "--images", str(images),
                "--reference-pattern", "^(.+)__", "--dataset-name", "synthetic",

@@ -1,7 +1,11 @@
 """The GRPO entry point end to end on the tiny checkpoint (CPU, one process): weights move, checkpoints load in the
 scorer with the original chat template, resume works, the vision tower can be frozen, bad layouts are refused."""
 
+import hashlib
+import re
 import shutil
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +17,7 @@ from vq_reward.cli import main as cli
 
 
 pytest.importorskip("trl")
+from vq_reward.train.checkpoints import checkpoint_to_resume, finished_run  # noqa: E402
 from vq_reward.train.grpo import main as train  # noqa: E402
 
 
@@ -90,17 +95,89 @@ def _rewards(trainer) -> list[float]:
     return [h["rewards/fidelity/mean"] for h in trainer.state.log_history if "rewards/fidelity/mean" in h]
 
 
-def test_a_resumed_run_equals_the_uninterrupted_one(tiny_path, train_file, whole_run, tmp_path):
-    # What a kill after the step-2 checkpoint leaves is that checkpoint: resume from it and compare with steps 3-4.
+def test_a_resumed_run_equals_the_uninterrupted_one(tiny_path, train_file, whole_run, tmp_path, capsys):
+    # What a kill during the step-4 save leaves: the step-2 checkpoint, and checkpoint-4 without its trainer state.
+    # `last` resumes from checkpoint-2 (and says so); steps 3-4 must equal the uninterrupted run's.
     whole, out = whole_run
     shutil.copytree(out / "checkpoint-2", tmp_path / "cut" / "checkpoint-2")
+    shutil.copytree(out / "checkpoint-4", tmp_path / "cut" / "checkpoint-4", ignore=shutil.ignore_patterns("trainer*"))
     extra = ["--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--eval_files",
              str(train_file.parent / "synthetic_val.jsonl"), "--eval_strategy", "steps", "--eval_steps", "2",
              "--per_device_eval_batch_size", "8", "--resume_from_checkpoint", "last"]  # fmt: skip
     resumed = train(_args(tiny_path, train_file, tmp_path / "cut", *extra))
+    said = f"resuming from {tmp_path / 'cut' / 'checkpoint-2'}, the newest complete checkpoint; skipped checkpoint-4"
+    assert f"{said} (no trainer_state.json: its save was cut short)\n" in capsys.readouterr().out
     assert resumed.state.global_step == 4
     assert _rewards(resumed) == _rewards(whole) and len(_rewards(whole)) == 4  # steps 3 and 4 included
     assert _max_delta(resumed.model, whole.model) <= 1e-6
+
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*")
+            if p.is_file()}  # fmt: skip
+
+
+def test_a_finished_run_resumed_is_left_as_it_is(tiny_path, train_file, whole_run, tmp_path, capsys):
+    # The 4-step run ended mid-epoch; 0.2 trained a fifth step, saved checkpoint-5 and overwrote the final model.
+    run = tmp_path / "run"
+    shutil.copytree(whole_run[1], run)
+    before = _file_hashes(run)
+    extra = ["--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--resume_from_checkpoint", "last"]
+    assert train(_args(tiny_path, train_file, run, *extra)) is None
+    assert _file_hashes(run) == before
+    out = capsys.readouterr().out
+    assert f"the run has finished (checkpoint-4 is at step 4, and max_steps is 4): nothing to train, nothing " \
+        f"written; {run} keeps its final model. Raise --max_steps" in out  # fmt: skip
+
+
+def test_a_run_is_finished_by_its_steps_or_its_epochs(tmp_path):
+    checkpoint = tmp_path / "checkpoint-10"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text('{"global_step": 10, "epoch": 2.0}')
+    assert "is at step 10, and max_steps is 10" in finished_run(checkpoint, tmp_path, 10, 3.0)
+    assert "its final weights are in" in finished_run(checkpoint, tmp_path, 10, 3.0)  # the final save is missing
+    assert "is at epoch 2, and num_train_epochs is 2" in finished_run(checkpoint, tmp_path, -1, 2.0)
+    assert finished_run(checkpoint, tmp_path, 12, 2.0) is None  # a raised max_steps trains on
+    assert finished_run(checkpoint, tmp_path, -1, 3.0) is None
+
+
+def _tear(folder: Path, kind: str) -> None:
+    """What a save cut short (kill, full disk) leaves in `folder`, a copy of a complete checkpoint."""
+    if kind == "no-trainer-state":
+        (folder / "trainer_state.json").unlink()
+    elif kind == "config-only":
+        for path in folder.iterdir():
+            if path.name != "config.json":
+                path.unlink()
+    else:  # half of a file: the weights, or the optimizer state (torch's zip format)
+        path = folder / ("model.safetensors" if kind == "half-weights" else "optimizer.pt")
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    ("kind", "why"),
+    [("no-trainer-state", "no trainer_state.json: its save was cut short"),
+     ("config-only", "no trainer_state.json: its save was cut short"),
+     ("half-weights", "model.safetensors is cut short (not a whole safetensors file)"),
+     ("half-optimizer", "optimizer.pt is cut short")],
+    ids=["no-trainer-state", "config-only", "half-weights", "half-optimizer"],
+)  # fmt: skip
+def test_last_skips_a_torn_newest_checkpoint_and_says_so(whole_run, tmp_path, kind, why):
+    run = tmp_path / "run"
+    for step in (2, 4):
+        shutil.copytree(whole_run[1] / f"checkpoint-{step}", run / f"checkpoint-{step}")
+    _tear(run / "checkpoint-4", kind)
+    said: list[str] = []
+    assert checkpoint_to_resume(run, "last", said.append) == run / "checkpoint-2"
+    assert said == [f"resuming from {run / 'checkpoint-2'}, the newest complete checkpoint; skipped checkpoint-4 "
+                    f"({why})"]  # fmt: skip
+    named = run / "checkpoint-4"  # named explicitly, a torn checkpoint is refused
+    with pytest.raises(ValueError, match=re.escape(f"cannot resume from {named}: {why}. Pass an earlier checkpoint")):
+        checkpoint_to_resume(run, str(named), said.append)
+    _tear(run / "checkpoint-2", kind)
+    with pytest.raises(ValueError, match=re.escape(f"no complete checkpoint to resume from in {run}: checkpoint-4 (")):
+        checkpoint_to_resume(run, "last", said.append)
 
 
 @pytest.mark.slow
@@ -161,10 +238,14 @@ def test_frozen_vision_tower_does_not_move(tiny_path, train_file, tmp_path):
 
 
 def test_lora_trains_only_adapters(tiny_path, train_file, tmp_path):
-    trainer = train(_args(tiny_path, train_file, tmp_path / "run", "--use_peft", "true", "--lora_r", "4",
-                          "--lora_target_modules", "q_proj", "v_proj", "--max_steps", "1"))  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = train(_args(tiny_path, train_file, tmp_path / "run", "--use_peft", "true", "--lora_r", "4",
+                              "--lora_target_modules", "q_proj", "v_proj", "--max_steps", "1"))  # fmt: skip
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
+    # TRL and PEFT read transformers' deprecated is_gradient_checkpointing: once per step, filtered by the trainer.
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
 
 
 def test_one_image_per_device_is_refused_for_local_ranking(tiny_path, train_file, tmp_path):

@@ -10,7 +10,7 @@ A row (one JSON object per line):
     {"id": 0, "image": "/data/kadid/I01_01_01.png", "dataset_name": "KADID-10K", "task": "score",
      "mos": 4.6336, "mos_raw": 4.57, "std": null, "reference": "I01", "split": "train"}
 
-`task` routes a row to its prompt and rewards. Q-Insight adds two tasks (rows from `vq_reward.train.qinsight_data`):
+`task` routes a row to its prompt and rewards. Q-Insight adds two tasks (rows from `vq_reward.data.qinsight_rows`):
 
     {"id": 1, "image": "/data/synth/chelsea__c0__blur3.png", "dataset_name": "synthetic", "task": "degradation",
      "distortion_class": "blur", "severity": "obvious", "reference": "chelsea__c0", "split": "train"}

@@ -31,6 +31,7 @@ from vq_reward.hub import resolve_model
 from vq_reward.loading import load_model, load_processor
 from vq_reward.readout import NumberTokens
 from vq_reward.train import require_trl
+from vq_reward.train.checkpoints import checkpoint_to_resume, finished_run
 from vq_reward.train.closed_set import ClosedSetSampler
 from vq_reward.train.config import VQScriptArguments
 from vq_reward.train.dataset import build_dataset, load_rows, with_answer_prefix
@@ -49,12 +50,23 @@ def parse_args(argv: list[str] | None = None) -> tuple[VQScriptArguments, GRPOCo
     return parser.parse_args_and_config(args=argv)
 
 
-def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> QualityGRPOTrainer:
-    """Train; returns the trainer (its `state.log_history` holds the logged metrics)."""
+def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> QualityGRPOTrainer | None:
+    """Train; returns the trainer (its `state.log_history` holds the logged metrics), or None when the checkpoint to
+    resume from shows that the run has already finished (then nothing is loaded, trained or written)."""
     script_args, training_args, model_args = parse_args(argv)
     model_path = model_args.model_name_or_path
     if model_path is None:
         raise ValueError("set --model_name_or_path: a hub id, a local checkpoint, or 'tiny' (offline random model).")
+
+    # Resuming: the newest complete checkpoint ("last" skips one whose save was cut short); a finished run stays as
+    # it is (transformers would train one step past max_steps when the run ended mid-epoch, and save over it).
+    log = print if training_args.process_index == 0 else _silent
+    resume = checkpoint_to_resume(training_args.output_dir, training_args.resume_from_checkpoint, log)
+    max_steps, epochs = training_args.max_steps, training_args.num_train_epochs
+    finished = None if resume is None else finished_run(resume, training_args.output_dir, max_steps, epochs)
+    if finished:
+        log(finished)
+        return None
     model_path = resolve_model(model_path)  # "tiny": the offline random smoke checkpoint, built on first use
 
     # Processor: left padding is mandatory (TRL re-tokenizes prompts for the loss forward with the tokenizer's own
@@ -141,10 +153,13 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         closed_set=closed_set,
     )
 
-    resume = training_args.resume_from_checkpoint
-    trainer.train(resume_from_checkpoint=True if resume in ("last", "true", "True") else resume)
+    trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
     trainer.save_model(training_args.output_dir)
     return trainer
+
+
+def _silent(message: str) -> None:
+    """The log of every process but the first, so that a line is printed once per run."""
 
 
 def _check_closed_set(closed_set: ClosedSetSampler, training_args: GRPOConfig, tasks: set[str]) -> None:

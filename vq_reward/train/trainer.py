@@ -16,6 +16,9 @@ Plus `TimeLimitCallback`, which stops a run after a wall-clock budget with a fin
 """
 
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch.utils.data import Sampler
@@ -88,11 +91,13 @@ class QualityGRPOTrainer(GRPOTrainer):
         self.saved_chat_template = saved_chat_template
         self.closed_set = closed_set
         self._rollout_tasks: list[str] = []
-        super().__init__(*args, **kwargs)
+        with _without_checkpointing_deprecation():  # PEFT reads it when wrapping the model
+            super().__init__(*args, **kwargs)
 
     def _generate_and_score_completions(self, inputs: list[dict]) -> dict:
         self._rollout_tasks = [row.get("task") or SCORE_TASK for row in inputs]  # one per rollout, in order
-        return super()._generate_and_score_completions(inputs)
+        with _without_checkpointing_deprecation():  # TRL reads it around every generation
+            return super()._generate_and_score_completions(inputs)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         if self.closed_set is None:
@@ -153,6 +158,16 @@ class QualityGRPOTrainer(GRPOTrainer):
             super()._save(output_dir, state_dict)
         finally:
             processor.chat_template = training_template
+
+
+@contextmanager
+def _without_checkpointing_deprecation() -> Iterator[None]:
+    """Silence exactly transformers' FutureWarning for `model.is_gradient_checkpointing`, once per training step
+    otherwise. TRL (`unwrap_model_for_generation`, `disable_gradient_checkpointing`) and PEFT read the deprecated
+    property, not our code; drop this when they read `is_activation_checkpointing`."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 class TimeLimitCallback(TrainerCallback):
