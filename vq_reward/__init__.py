@@ -17,6 +17,7 @@ __version__ = "0.2.0"
 # public name -> the module that defines it; __all__ and the TYPE_CHECKING block list the same (tests/test_layers.py)
 _EXPORTS = {
     "ImageInputError": "vq_reward.images",
+    "NonFiniteScoreError": "vq_reward.scorer",
     "ParsedAnswer": "vq_reward.parsing",
     "parse_answer": "vq_reward.parsing",
     "Rating": "vq_reward.scorer",
@@ -27,6 +28,7 @@ _EXPORTS = {
 
 __all__ = [
     "ImageInputError",
+    "NonFiniteScoreError",
     "ParsedAnswer",
     "Rating",
     "ScoreDetails",
@@ -40,7 +42,7 @@ if TYPE_CHECKING:
     from vq_reward.images import ImageInputError
     from vq_reward.parsing import ParsedAnswer, parse_answer
     from vq_reward.readout import ScoreDetails
-    from vq_reward.scorer import Rating, ScorerRecipe, VisualQualityScorer
+    from vq_reward.scorer import NonFiniteScoreError, Rating, ScorerRecipe, VisualQualityScorer
 
 
 def __getattr__(name: str) -> Any:
