@@ -1,6 +1,6 @@
 """`vq-reward serve MODEL`: vLLM's own OpenAI-compatible server, started with everything the readouts need.
 
-    vq-reward serve TianheWu/VisualQuality-R1-7B --host 0.0.0.0 --port 8000          # one GPU
+    vq-reward serve TianheWu/VisualQuality-R1-7B --host 0.0.0.0 --port 8000 --api-key KEY  # one GPU
     vq-reward serve tiny --port 8000 --python ~/.cache/vq_reward/vllm-env-XXXX/bin/python  # CPU, offline smoke
     # elsewhere: VisualQualityScorer.from_server("http://HOST:8000"), or vq-reward score DIR --server URL
 
@@ -9,9 +9,25 @@ this interpreter unless `--python` names one with vLLM installed) with the check
 `--mm-processor-kwargs`, one image per prompt, `--max-logprobs` for the digit ids, prefix caching, a seed, the
 served model name, and `--shutdown-timeout` so in-flight requests finish on a stop. On a machine without a GPU it
 adds CPU settings: float32, eager mode, a small KV cache (`--kv-cache-memory-bytes`). It prints the URL once
-`/health` answers, and on SIGINT/SIGTERM stops vLLM and every process vLLM started (they run in a process group
-of their own, killed as a whole if they outlive the grace period; vLLM gets SIGTERM if this launcher dies).
-`--vllm-args '...'` passes more vLLM arguments as they are.
+`/health` answers. `--vllm-args '...'` passes more vLLM arguments as they are.
+
+The served identity is the weights: the model is served under its name and under `NAME@<fingerprint>`, a hash of
+the checkpoint's config and weights files (`backends.vllm.weights_fingerprint`; a hub id is pinned to its commit
+first). Clients (`from_server`, `score --server`) name that alias in every request, so a server restarted with
+other weights under the same name answers them 404 instead of scoring with weights they did not connect to.
+
+Security: `--host 0.0.0.0` (or `::`) listens on every interface: whoever reaches the port can use vLLM's whole
+OpenAI API (chat and text completions with any prompt, the model list, tokenization), not only the readouts, and
+without a key unless `--api-key KEY` (or `VQ_REWARD_API_KEY`) is given; a warning is printed when it is not. With a
+key, vLLM answers 401 to every `/v1` request without `Authorization: Bearer KEY` (its `/health`, `/metrics`,
+`/version` and `/tokenize` routes stay open). The key reaches vLLM through `VLLM_API_KEY`, not its command line,
+so `ps` does not show it.
+
+Stopping: SIGINT, SIGTERM and SIGHUP (a closed terminal, a dropped ssh session) stop vLLM and every process it
+started. vLLM runs in a process group of its own, guarded by a watchdog process that holds the read end of a pipe
+whose write end only this launcher holds: when the launcher exits, however (a stop, an error, SIGKILL), the pipe
+closes, and the watchdog sends SIGTERM to vLLM's group and SIGKILL to whatever of it is left after
+`--shutdown-timeout` + 5 seconds (vLLM's API server ignores SIGTERM while it starts).
 
 Scaling:
 - a model too big for one GPU: `--tensor-parallel-size N` (GPUs of one node), `--pipeline-parallel-size` across
@@ -39,8 +55,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 
 from vq_reward.cli.options import positive_int
+
+
+API_KEY_ENV = "VQ_REWARD_API_KEY"  # the same variable the client reads (`vq_reward.backends.server`)
+EVERY_INTERFACE = ("0.0.0.0", "", "::")
+STOP_GRACE = 5.0  # seconds vLLM's processes get to exit after the in-flight requests' --shutdown-timeout
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -51,7 +73,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "readouts need; prints the URL once it answers, stops cleanly on Ctrl-C / SIGTERM.",
     )
     serve.add_argument("model", help="hub id, local checkpoint folder, or a smoke model name ('tiny')")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only). 0.0.0.0 exposes vLLM's whole OpenAI API "
+        "to the network, with no key unless --api-key",
+    )
     serve.add_argument("--port", type=positive_int, default=8000, help="port to listen on (default 8000)")
     serve.add_argument(
         "--served-model-name",
@@ -132,27 +159,51 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         default="",
         help="more vLLM server arguments, as one shell-quoted string: --vllm-args '--max-num-seqs 64'",
     )
+    serve.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_ENV),
+        help=f"a key every /v1 request must carry (Authorization: Bearer KEY); default: ${API_KEY_ENV}. Clients pass "
+        f"from_server(..., api_key=KEY) or set {API_KEY_ENV}",
+    )
     serve.set_defaults(run=run_serve)
 
 
-def server_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str], str]:
-    """The vLLM command line, its environment and the served model name, for the parsed `serve` arguments."""
-    from vq_reward.backends.vllm import cpu_threads_bind, engine_settings, has_gpu, server_flags
+@dataclass(frozen=True)
+class VllmLaunch:
+    """How to start vLLM's server for the parsed `serve` arguments.
+
+    Attributes:
+        command: the command line.
+        env: its environment.
+        name: the served model name clients see.
+        weights: the weights fingerprint, also served as the name `NAME@<weights>`.
+    """
+
+    command: list[str]
+    env: dict[str, str]
+    name: str
+    weights: str
+
+
+def server_command(args: argparse.Namespace) -> VllmLaunch:
+    """The vLLM command line, its environment, the served model name and the weights fingerprint."""
+    from vq_reward.backends.vllm import cpu_threads_bind, engine_settings, has_gpu, server_flags, weights_fingerprint
     from vq_reward.cli.options import quiet_loading
     from vq_reward.hub import canonical_name, resolve_model
     from vq_reward.loading import load_config, load_processor
 
     path = resolve_model(args.model, args.revision)
+    revision = _pinned_revision(path, args.revision)
     quiet_loading()
     budget = {key: value for key, value in (("min_pixels", args.min_pixels), ("max_pixels", args.max_pixels)) if value}
-    size = load_processor(path, revision=args.revision, **budget).image_processor.size  # the scorer's budget
+    size = load_processor(path, revision=revision, **budget).image_processor.size  # the scorer's budget
     gpu = has_gpu() if args.device == "auto" else args.device == "gpu"
     settings = engine_settings(
         path,
         min_pixels=size["shortest_edge"],
         max_pixels=size["longest_edge"],
         gpu=gpu,
-        config=load_config(path, revision=args.revision),
+        config=load_config(path, revision=revision),
         dtype=None if args.dtype == "auto" else args.dtype,
         max_model_len=args.max_model_len,
         kv_cache_memory_bytes=args.kv_cache_memory_bytes,
@@ -164,10 +215,10 @@ def server_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str],
         pipeline_parallel_size=args.pipeline_parallel_size,
         data_parallel_size=args.data_parallel_size,
         distributed_executor_backend=args.distributed_executor_backend,
-        revision=args.revision,
+        revision=revision,
     )
     name = args.served_model_name or canonical_name(args.model)
-    extra = shlex.split(args.vllm_args)
+    weights = weights_fingerprint(path, revision)
     command = [
         args.python,
         "-m",
@@ -175,97 +226,143 @@ def server_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str],
         *server_flags(settings),
         "--served-model-name",
         name,
+        f"{name}@{weights}",  # what clients name in every request: only these weights answer it
         "--host",
         args.host,
         "--port",
         str(args.port),
         "--shutdown-timeout",
         str(args.shutdown_timeout),
-        *extra,
+        *shlex.split(args.vllm_args),
     ]
     env = dict(os.environ)
+    if args.api_key:
+        env["VLLM_API_KEY"] = args.api_key  # vLLM's --api-key, kept off the command line that `ps` shows
     workers = args.tensor_parallel_size * args.pipeline_parallel_size * args.data_parallel_size
     if not gpu and workers > 1:
         env.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_threads_bind(workers))
-    return command, env, name
+    return VllmLaunch(command, env, name, weights)
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    code = "import importlib.util as u, sys; sys.exit(u.find_spec('vllm') is None)"
-    check = subprocess.run([args.python, "-c", code], capture_output=True)
-    if check.returncode != 0:
-        raise RuntimeError(
-            f"{args.python} cannot import vllm. Install it in its own environment (pip install vllm on a CUDA "
-            "machine; .ci/vllm-env.sh builds the pinned CPU/GPU one and prints its path), then pass --python "
-            "ENV/bin/python."
-        )
+    _check_vllm(args.python)
     _check_port_free(args.host, args.port)
-    command, env, name = server_command(args)
-    local = "127.0.0.1" if args.host in ("0.0.0.0", "", "::") else args.host
-    public = socket.gethostname() if args.host in ("0.0.0.0", "", "::") else args.host
-    url = f"http://{public}:{args.port}"
+    launch = server_command(args)
+    if args.host in EVERY_INTERFACE and not launch.env.get("VLLM_API_KEY"):
+        print(
+            f"vq-reward serve: warning: --host {args.host or '(empty)'} exposes vLLM's whole OpenAI API (any prompt, "
+            f"not only scores) to every network this machine is on, with no key. Pass --api-key KEY (or set "
+            f"{API_KEY_ENV}) unless only trusted machines can reach port {args.port}.",
+            file=sys.stderr,
+            flush=True,
+        )
+    local = "127.0.0.1" if args.host in EVERY_INTERFACE else args.host
+    url = f"http://{socket.gethostname() if args.host in EVERY_INTERFACE else args.host}:{args.port}"
 
     stop = threading.Event()
-    for number in (signal.SIGINT, signal.SIGTERM):
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(number, lambda *_: stop.set())
     start = time.monotonic()
-    print(f"vq-reward serve: starting vLLM for {name} ({' '.join(command[:3])} ...)", file=sys.stderr, flush=True)
-    process = subprocess.Popen(command, env=env, preexec_fn=_own_group_dying_with_parent)
-    try:
-        ready = False
-        while not stop.is_set():
-            if process.poll() is not None:
-                what = "before answering /health" if not ready else "unexpectedly"
-                raise RuntimeError(
-                    f"the vLLM server exited {what} (exit code {process.returncode}); see its log above."
-                )
-            if not ready:
-                if _healthy(f"http://{local}:{args.port}/health"):
-                    ready = True
-                    print(
-                        f"vq-reward serve: {url} serves {name} (ready after {time.monotonic() - start:.0f} s; vLLM "
-                        f"pid {process.pid}). Connect with VisualQualityScorer.from_server({url!r}) or vq-reward "
-                        f"score DIR --server {url}",
-                        flush=True,
-                    )
-                elif time.monotonic() - start > args.startup_timeout:
-                    raise RuntimeError(f"the vLLM server did not answer {url}/health within {args.startup_timeout} s.")
+    print(f"vq-reward serve: starting vLLM for {launch.name} ({' '.join(launch.command[:3])} ...)", file=sys.stderr,
+          flush=True)  # fmt: skip
+    with GuardedProcess(launch.command, launch.env, grace=args.shutdown_timeout + STOP_GRACE) as server:
+        while not stop.is_set() and not _healthy(f"http://{local}:{args.port}/health"):
+            server.check("before answering /health")
+            if time.monotonic() - start > args.startup_timeout:
+                raise RuntimeError(f"the vLLM server did not answer {url}/health within {args.startup_timeout} s.")
             stop.wait(0.5)
+        if not stop.is_set():
+            print(
+                f"vq-reward serve: {url} serves {launch.name} (weights {launch.weights}; ready after "
+                f"{time.monotonic() - start:.0f} s; vLLM pid {server.process.pid}). Connect with "
+                f"VisualQualityScorer.from_server({url!r}) or vq-reward score DIR --server {url}",
+                flush=True,
+            )
+        while not stop.wait(0.5):
+            server.check("unexpectedly")
         print("vq-reward serve: stopping the vLLM server", file=sys.stderr, flush=True)
-        return 0
-    finally:
-        _stop_group(process, args.shutdown_timeout + 15)
+    return 0
 
 
-def _own_group_dying_with_parent() -> None:  # runs in the child between fork and exec
-    os.setsid()  # a process group of its own: stopped as a whole, apart from whoever started us
+class GuardedProcess:
+    """A command in a process group of its own that cannot outlive this process, however this process ends.
+
+    A watchdog process (`watchdog`) holds the read end of a pipe whose write end only this process holds; the
+    command's child writes its process id into the pipe between fork and exec, so the watchdog knows the group
+    even when this process is killed the moment after. When this process exits or calls `stop`, the pipe reads
+    end-of-file and the watchdog stops the group: SIGTERM, then SIGKILL to what is left after `grace` seconds.
+    """
+
+    def __init__(self, command: list[str], env: dict[str, str], grace: float) -> None:
+        self.grace = grace
+        read_end, self._write_end = os.pipe()  # neither end is inherited by anything but the children below
+        try:
+            self.watchdog = subprocess.Popen(
+                [sys.executable, "-c", "from vq_reward.cli.serve import watchdog; watchdog()", str(grace)],
+                stdin=read_end,
+                start_new_session=True,  # no terminal: a closed one does not hang it up
+            )
+        finally:
+            os.close(read_end)
+        write_end = self._write_end
+
+        def announce() -> None:  # in the child, in its own new session, before exec closes the pipe
+            os.write(write_end, f"{os.getpid()}\n".encode())
+
+        self.process = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=announce)
+
+    def check(self, when: str) -> None:
+        """Raise if the command or the watchdog has exited."""
+        if self.process.poll() is not None:
+            raise RuntimeError(
+                f"the vLLM server exited {when} (exit code {self.process.returncode}); see its log above."
+            )
+        if self.watchdog.poll() is not None:
+            raise RuntimeError(f"the launcher's watchdog exited (code {self.watchdog.returncode}); stopping vLLM.")
+
+    def stop(self) -> None:
+        """Stop the group through the watchdog (in this process if the watchdog is gone) and reap the command."""
+        if self._write_end >= 0:
+            os.close(self._write_end)
+            self._write_end = -1
+        while self.watchdog.poll() is None:  # reap the command meanwhile: a zombie still counts in its group
+            self.process.poll()
+            time.sleep(0.1)
+        if self.watchdog.returncode != 0:
+            stop_groups([self.process.pid], self.grace)
+        self.process.wait()
+
+    def __enter__(self) -> "GuardedProcess":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def watchdog() -> None:
+    """The watchdog process of `GuardedProcess` (`python -c ... GRACE`): reads process-group ids from stdin, one a
+    line, until end-of-file, that is until the launcher has exited or stopped; then stops those groups."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # it must outlive the launcher, whatever reaches both
+    groups = [int(line) for line in sys.stdin.buffer.read().split()]
+    stop_groups(groups, float(sys.argv[1]))
+
+
+def stop_groups(groups: list[int], grace: float) -> None:
+    """SIGTERM to each process group, then SIGKILL to whatever of them is left after `grace` seconds."""
+    for group in groups:
+        _signal_group(group, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_group_alive(group) for group in groups):
+        time.sleep(0.1)
+    for group in groups:
+        _signal_group(group, signal.SIGKILL)
+
+
+def _signal_group(group: int, number: signal.Signals) -> None:
     try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: SIGTERM if we die
-    except OSError:  # not Linux: the group is still stopped on SIGINT/SIGTERM
+        os.killpg(group, number)
+    except (ProcessLookupError, PermissionError):
         pass
-
-
-def _stop_group(process: subprocess.Popen, grace: float) -> None:
-    """SIGTERM to vLLM's process group, then SIGKILL to whatever of it is left after `grace` seconds."""
-    group = process.pid
-    try:
-        os.killpg(group, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        pass
-    deadline = time.monotonic() + 5  # the engine core and workers exit shortly after the API server
-    while time.monotonic() < deadline and _group_alive(group):
-        time.sleep(0.2)
-    try:
-        os.killpg(group, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
 
 
 def _group_alive(group: int) -> bool:
@@ -276,6 +373,26 @@ def _group_alive(group: int) -> bool:
         return False
     except PermissionError:
         return True
+
+
+def _pinned_revision(path: str, revision: str | None) -> str | None:
+    """A hub id's revision as its commit hash, so the weights fingerprint and vLLM's download name the same files
+    (a branch such as main moves); a local folder's revision unchanged."""
+    if os.path.isdir(path):
+        return revision
+    from huggingface_hub import HfApi
+
+    return HfApi().model_info(path, revision=revision).sha or revision
+
+
+def _check_vllm(python: str) -> None:
+    code = "import importlib.util as u, sys; sys.exit(u.find_spec('vllm') is None)"
+    if subprocess.run([python, "-c", code], capture_output=True).returncode != 0:
+        raise RuntimeError(
+            f"{python} cannot import vllm. Install it in its own environment (pip install vllm on a CUDA "
+            "machine; .ci/vllm-env.sh builds the pinned CPU/GPU one and prints its path), then pass --python "
+            "ENV/bin/python."
+        )
 
 
 def _healthy(url: str) -> bool:
