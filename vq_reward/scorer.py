@@ -31,9 +31,18 @@ from transformers import PreTrainedModel, ProcessorMixin
 from vq_reward import prompts
 from vq_reward.backends import Backend, BackendSource
 from vq_reward.backends.hf import HFBackend
-from vq_reward.images import MAX_INPUT_PIXELS, Images, ImageSource, check_input_range, image_sources, resize_for_model
+from vq_reward.images import (
+    MAX_INPUT_PIXELS,
+    Images,
+    ImageSource,
+    check_input_range,
+    image_sources,
+    resize_for_model,
+    smart_resize,
+)
 from vq_reward.parsing import parse_answer
 from vq_reward.readout import READOUTS, NumberTokens, Request, ScoreDetails, chat_text
+from vq_reward.views import Views, as_views, pil_view, view_box, view_mixture
 
 
 if TYPE_CHECKING:
@@ -399,6 +408,7 @@ class VisualQualityScorer:
         batch_size: int | None = None,
         input_range: tuple[float, float] = (0.0, 1.0),
         readout: Literal["number", "first-digit"] | None = None,
+        views: int | Views = 1,
     ) -> torch.Tensor:
         """Expected quality score of each image, a float32 CPU tensor of shape `(N,)` in [1, 5].
 
@@ -408,12 +418,15 @@ class VisualQualityScorer:
                 inside the call so batches pad little; results come back in input order.
             input_range: value range of float arrays and tensors, (0, 1) or (-1, 1) for raw VAE output.
             readout: "number" or "first-digit"; the scorer's `readout` when `None`.
+            views: K > 1 scores the mean over K deterministic views of each image at the model's size (view 0 the
+                image itself, then seeded crops and rescales, `vq_reward.views`), so an artifact tuned to one exact
+                view earns less. Costs K forwards per image. A `Views` also sets the crops, scales and a JPEG trip.
 
         Example:
             >>> scorer.score(torch.rand(2, 3, 56, 56)).shape
             torch.Size([2])
         """
-        return self.score_details(images, batch_size=batch_size, input_range=input_range, readout=readout).scores
+        return self.score_details(images, batch_size, input_range, readout, views).scores
 
     __call__ = score
 
@@ -423,8 +436,12 @@ class VisualQualityScorer:
         batch_size: int | None = None,
         input_range: tuple[float, float] = (0.0, 1.0),
         readout: Literal["number", "first-digit"] | None = None,
+        views: int | Views = 1,
     ) -> ScoreDetails:
         """Like `score`, with the digit distribution, the score's standard deviation and the health figures.
+
+        With `views=K > 1` the figures describe the mixture of the K views' answers: mean score, probs and health
+        figures over the views, and the mixture's std (`vq_reward.views.view_mixture`).
 
         Raises `NonFiniteScoreError` when a score comes out NaN or infinite (broken weights, float16 overflow, a
         server answering NaN): it names those images, and carries the figures of the whole call.
@@ -436,14 +453,19 @@ class VisualQualityScorer:
         """
         name = readout if readout is not None else self.readout
         _check_readout(name)
+        spec = as_views(views)
         sources = self._sources(images, input_range)
+        # Each image's views are consecutive; view 0 is the image itself, so views=1 scores exactly the sources.
+        scored = [self._view_source(source, k, spec) for source in sources for k in range(spec.count)]
         request = self.request(thinking=False)
         parts: list[tuple[list[int], ScoreDetails]] = []
-        for indices in self._size_sorted_batches(sources, batch_size):
-            batch = [self._resized(sources[i]) for i in indices]  # decoded one batch at a time
+        for indices in self._size_sorted_batches(scored, batch_size):
+            batch = [self._resized(scored[i]) for i in indices]  # decoded one batch at a time
             with self._backend_lock():
                 parts.append((indices, self.backend.read_scores(request, batch, self.tokens, name)))
-        details = _in_input_order(parts, len(sources), name)
+        details = _in_input_order(parts, len(scored), name)
+        if spec.count > 1:
+            details = _mean_over_views(details, spec.count)
         check_finite(details.scores, [source.name for source in sources], self.backend.name, details)
         return details
 
@@ -562,35 +584,51 @@ class VisualQualityScorer:
             self.hf_backend().onload(device)
         return self
 
-    def as_reward(self, input_range: tuple[float, float] = (0.0, 1.0), rescale: bool = False) -> "QualityReward":
+    def as_reward(
+        self,
+        input_range: tuple[float, float] = (0.0, 1.0),
+        rescale: bool = False,
+        mode: Literal["score", "win-rate"] = "score",
+        views: int | Views = 1,
+    ) -> "QualityReward":
         """A DDPO / Flow-GRPO / DanceGRPO reward, `fn(images, prompts, metadata) -> (np.float32[N], info)`.
 
-        See `vq_reward.rewards.QualityReward`.
+        See `vq_reward.rewards.QualityReward` (`mode="win-rate"`: each image's win rate within its prompt group;
+        `views=K`: the mean score over K views, K forwards per image).
         """
         from vq_reward.rewards import QualityReward  # the shortcut's one upward import (tests/test_layers.py)
 
-        return QualityReward(self, input_range=input_range, rescale=rescale)
+        return QualityReward(self, input_range=input_range, rescale=rescale, mode=mode, views=views)
 
     def as_differentiable_reward(
-        self, input_range: tuple[float, float] = (0.0, 1.0), gradient_checkpointing: bool = False
+        self,
+        input_range: tuple[float, float] = (0.0, 1.0),
+        gradient_checkpointing: bool = False,
+        views: int | Views = 1,
     ) -> "DifferentiableQualityReward":
         """A DRaFT / AlignProp / ReFL reward, `fn(images: Tensor[N, 3, H, W]) -> Tensor[N]` with a graph to the pixels.
 
-        See `vq_reward.rewards.DifferentiableQualityReward`.
+        See `vq_reward.rewards.DifferentiableQualityReward` (`views=K`: the mean over K differentiable views).
         """
         from vq_reward.rewards import DifferentiableQualityReward  # the shortcut's one upward import
 
         return DifferentiableQualityReward(
-            self, input_range=input_range, gradient_checkpointing=gradient_checkpointing
+            self, input_range=input_range, gradient_checkpointing=gradient_checkpointing, views=views
         )
 
     def as_trl_reward(
-        self, image_key: str | None = "image", image_fn: Callable[..., Sequence[Any]] | None = None
+        self,
+        image_key: str | None = "image",
+        image_fn: Callable[..., Sequence[Any]] | None = None,
+        mode: Literal["score", "win-rate"] = "score",
+        views: int | Views = 1,
+        group_key: str | None = None,
     ) -> "TrlQualityReward":
         """A `trl.GRPOTrainer` reward function named "visual_quality"; see `vq_reward.rewards.TrlQualityReward`."""
         from vq_reward.rewards import TrlQualityReward  # the shortcut's one upward import
 
-        return TrlQualityReward(self, image_key=image_key, image_fn=image_fn)
+        return TrlQualityReward(self, image_key=image_key, image_fn=image_fn, mode=mode, views=views,
+                                group_key=group_key)  # fmt: skip
 
     def _backend_lock(self) -> contextlib.AbstractContextManager:
         """The scorer's lock around a backend call; none for a backend that takes concurrent calls (servers)."""
@@ -601,6 +639,14 @@ class VisualQualityScorer:
 
     def _resized(self, source: ImageSource) -> Image.Image:
         return resize_for_model(source.load(), self.min_pixels, self.max_pixels)
+
+    def _view_source(self, source: ImageSource, index: int, views: Views) -> ImageSource:
+        """View `index` of `source`, cut from the image at the model's size; view 0 is `source` itself."""
+        if index == 0:
+            return source
+        height, width = smart_resize(source.height, source.width, self.min_pixels, self.max_pixels)
+        size = view_box(width, height, index, views).size
+        return ImageSource(f"{source.name} view {index}", *size, lambda: pil_view(self._resized(source), index, views))
 
     def _in_batches(
         self, items: Sequence[ImageSource | Image.Image], batch_size: int | None, run: Callable[[list[int]], list[T]]
@@ -636,6 +682,18 @@ def _in_input_order(parts: list[tuple[list[int], ScoreDetails]], count: int, nam
         scores=gather("scores"), std=gather("std"), probs=gather("probs"), digit_mass=gather("digit_mass"),
         dot_mass=gather("dot_mass") if parts[0][1].dot_mass is not None else None, readout=name,
     )  # fmt: skip
+
+
+def _mean_over_views(details: ScoreDetails, count: int) -> ScoreDetails:
+    """Each image's `count` consecutive view rows as one mixture: mean score, probs and health; the mixture's std."""
+
+    def mean(values: torch.Tensor) -> torch.Tensor:
+        return values.reshape(-1, count, *values.shape[1:]).mean(dim=1)
+
+    scores, std = view_mixture(details.scores.reshape(-1, count), details.std.reshape(-1, count))
+    dot_mass = None if details.dot_mass is None else mean(details.dot_mass)
+    return ScoreDetails(scores=scores, std=std, probs=mean(details.probs), digit_mass=mean(details.digit_mass),
+                        dot_mass=dot_mass, readout=details.readout)  # fmt: skip
 
 
 def _split_settings(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

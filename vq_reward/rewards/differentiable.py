@@ -7,9 +7,10 @@ from typing import Any
 import torch
 
 from vq_reward.images import MIN_SIDE, ImageInputError, check_input_range
-from vq_reward.rewards.pixels import QwenImageLayout, pixel_inputs
+from vq_reward.rewards.pixels import QwenImageLayout, pixel_inputs, resize_to_budget
 from vq_reward.rewards.source import REWARD_NAME, ScorerSource
 from vq_reward.scorer import VisualQualityScorer, check_finite
+from vq_reward.views import Views, as_views, tensor_view
 
 
 class DifferentiableQualityReward:
@@ -32,6 +33,10 @@ class DifferentiableQualityReward:
             has no dropout).
         device: where a lazily loaded scorer goes; `None` = `default_device()`.
         load_kwargs: `VisualQualityScorer.from_pretrained` arguments for a lazily loaded scorer.
+        views: K > 1 returns the mean score over K deterministic views of each image at the model's size (view 0
+            the image itself, then seeded crops with bicubic `F.interpolate` rescales, as `score(views=K)` cuts
+            them: `vq_reward.views`), so a pixel pattern tuned to one exact patch grid earns less; the gradient
+            flows through every view. Costs K forwards and backwards per image.
 
     The call also accepts and ignores `prompts` (the scorer is no-reference), so it fits `fn(images, prompts)` loops.
 
@@ -57,6 +62,7 @@ class DifferentiableQualityReward:
         gradient_checkpointing: bool = False,
         device: str | torch.device | None = None,
         load_kwargs: dict[str, Any] | None = None,
+        views: int | Views = 1,
     ) -> None:
         if isinstance(scorer, VisualQualityScorer) and scorer.backend.name != "hf":
             raise TypeError(
@@ -68,6 +74,7 @@ class DifferentiableQualityReward:
         self.source = ScorerSource(scorer, device, load_kwargs)
         self.input_range = check_input_range(input_range)
         self.gradient_checkpointing = gradient_checkpointing
+        self.views = as_views(views)
         self.__name__ = REWARD_NAME
 
     def __call__(
@@ -83,14 +90,16 @@ class DifferentiableQualityReward:
         for start in range(0, len(unit), scorer.batch_size):
             chunk = unit[start : start + scorer.batch_size]
             # One (N, 3, H, W) tensor has one size, so its chunk is resized in one call; a list may mix sizes.
-            pixel_values, grid = pixel_inputs(
-                torch.stack(chunk) if isinstance(images, torch.Tensor) else chunk, layout
-            )
-            with scorer.lock:
-                details = backend.read_pixel_scores(
-                    request, pixel_values, grid, scorer.tokens, scorer.readout, self.gradient_checkpointing
-                )
-            scores.append(details.scores)
+            group = torch.stack(chunk) if isinstance(images, torch.Tensor) else chunk
+            per_view = []
+            for index in range(self.views.count):
+                pixel_values, grid = pixel_inputs(_view(group, index, layout, self.views), layout)
+                with scorer.lock:
+                    details = backend.read_pixel_scores(
+                        request, pixel_values, grid, scorer.tokens, scorer.readout, self.gradient_checkpointing
+                    )
+                per_view.append(details.scores)
+            scores.append(torch.stack(per_view).mean(dim=0))
         result = torch.cat(scores)
         check_finite(result, [f"images[{i}]" for i in range(len(batch))], backend.name)
         return result.to(batch[0].device)
@@ -98,6 +107,18 @@ class DifferentiableQualityReward:
     def _to_unit_range(self, images: torch.Tensor) -> torch.Tensor:
         low, high = self.input_range
         return ((images - low) / (high - low)).clamp(0.0, 1.0)
+
+
+def _view(
+    images: torch.Tensor | list[torch.Tensor], index: int, layout: QwenImageLayout, views: Views
+) -> torch.Tensor | list[torch.Tensor]:
+    """View `index` of each image at the model's size, as `score(views=...)` cuts it (view 0: the images as given)."""
+    if index == 0:
+        return images
+    if isinstance(images, torch.Tensor):
+        return tensor_view(resize_to_budget(images, layout), index, views).clamp(0, 1)
+    return [tensor_view(resize_to_budget(image.reshape(1, *image.shape[-3:]), layout), index, views).clamp(0, 1)
+            for image in images]  # fmt: skip
 
 
 def _tensor_list(images: torch.Tensor | Sequence[torch.Tensor], max_pixels: int) -> list[torch.Tensor]:

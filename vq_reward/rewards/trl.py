@@ -8,7 +8,9 @@ import torch
 
 from vq_reward.images import ImageInputError
 from vq_reward.rewards.source import REWARD_NAME, ScorerSource
+from vq_reward.rewards.win_rate import check_mode, group_ids, win_rates
 from vq_reward.scorer import VisualQualityScorer
+from vq_reward.views import Views, as_views
 
 
 class TrlQualityReward:
@@ -25,6 +27,12 @@ class TrlQualityReward:
         device: where a lazily loaded scorer goes; `None` = `default_device()`.
         load_kwargs: `VisualQualityScorer.from_pretrained` arguments for a lazily loaded scorer, e.g.
             `{"dtype": torch.bfloat16, "max_pixels": 512 * 512}`.
+        mode: "score" (default) or "win-rate": each completion's mean probability of beating the other completions
+            of its group (same prompt, or same value in the `group_key` column), from the number readout's scores
+            and stds, in [0, 1], 0.5 on average per group (`vq_reward.rewards.QualityReward` says when to use
+            which; rows without an image get `None` and take no part).
+        views: K > 1 scores each image as the mean over K deterministic views (`score(views=K)`): K forwards.
+        group_key: with `mode="win-rate"`, the column whose values group the rows; `None` groups by prompt.
 
     A completion whose image is `None` gets `None` (TRL gives a row that every reward skips an advantage of 0).
     The same image object in several rows (G completions of one dataset image) is scored once. When TRL passes
@@ -44,12 +52,18 @@ class TrlQualityReward:
         image_fn: Callable[..., Sequence[Any]] | None = None,
         device: str | torch.device | None = None,
         load_kwargs: dict[str, Any] | None = None,
+        mode: str = "score",
+        views: int | Views = 1,
+        group_key: str | None = None,
     ) -> None:
         if image_key is None and image_fn is None:
             raise ValueError("TrlQualityReward needs image_key (a dataset/rollout column) or image_fn; both are None.")
         self.source = ScorerSource(scorer, device, load_kwargs)
         self.image_key = image_key
         self.image_fn = image_fn
+        self.mode = check_mode(mode)
+        self.views = as_views(views)
+        self.group_key = group_key
         self.__name__ = REWARD_NAME
 
     def __call__(
@@ -66,12 +80,35 @@ class TrlQualityReward:
                 unique.setdefault(id(image), image)
         if not unique:
             return [None] * len(images)
-        details = self.source.get().score_details(list(unique.values()))
-        by_id = dict(zip(unique, details.scores.tolist(), strict=True))
+        win_rate = self.mode == "win-rate"
+        details = self.source.get().score_details(
+            list(unique.values()), readout="number" if win_rate else None, views=self.views
+        )
+        by_id = dict(zip(unique, zip(details.scores.tolist(), details.std.tolist(), strict=True), strict=True))
         log_metric = kwargs.get("log_metric")
         if callable(log_metric):
             log_metric(f"{REWARD_NAME}/digit_mass", details.digit_mass.mean().item())
-        return [None if image is None else by_id[id(image)] for image in images]
+        rows = [i for i, image in enumerate(images) if image is not None]
+        scores, stds = zip(*(by_id[id(images[i])] for i in rows), strict=True)
+        values = list(scores)
+        if win_rate:
+            groups = self._groups(prompts, kwargs, len(images))
+            values = win_rates(scores, stds, [groups[i] for i in rows]).tolist()
+        rewards: list[float | None] = [None] * len(images)
+        for i, value in zip(rows, values, strict=True):
+            rewards[i] = value
+        return rewards
+
+    def _groups(self, prompts: Sequence[Any], columns: dict[str, Any], count: int) -> list[Any]:
+        """Each row's group: the `group_key` column, else the prompt (its repr when it is a chat message list)."""
+        if self.group_key is None:
+            return group_ids(count, prompts)
+        if self.group_key not in columns:
+            raise KeyError(
+                f"group_key={self.group_key!r} is not among the columns TRL passed to the reward: "
+                f"{sorted(columns)}. Pass a column that holds one group id per row, or group_key=None (by prompt)."
+            )
+        return group_ids(count, list(columns[self.group_key]))
 
     def _images(self, prompts: Sequence[Any], completions: Sequence[Any], columns: dict[str, Any]) -> list[Any]:
         if self.image_fn is not None:
