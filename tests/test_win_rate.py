@@ -149,3 +149,13 @@ def test_trl_win_rate_leaves_rows_without_an_image_out(scorer):
     rewards = TrlQualityReward(scorer, mode="win-rate")(prompts=["p"] * 4, completions=completions, image=rows)
     assert rewards[1] is None
     assert sum(rewards[i] for i in (0, 2, 3)) == pytest.approx(1.5, abs=1e-6)
+
+
+def test_a_pickled_reward_keeps_its_mode_and_views(scorer):
+    import pickle
+
+    reward = scorer.as_reward(mode="win-rate", views=2)
+    copy = pickle.loads(pickle.dumps(reward))
+    assert copy.mode == "win-rate" and copy.views.count == 2
+    batch = images(4, seed=5)
+    np.testing.assert_allclose(copy(batch, ["a", "a", "b", "b"])[0], reward(batch, ["a", "a", "b", "b"])[0], atol=1e-6)
