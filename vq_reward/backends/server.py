@@ -37,6 +37,11 @@ request (a one-token readout takes well under a second on a GPU; a long thinking
 and 2 retries, so a stalled server fails a call with a `ServerError` naming its URL after about 6 minutes
 (3 x 120 s + 1.5 s of backoff) instead of hanging.
 
+The Ray engine (`vq-reward serve MODEL --engine ray`, `vq_reward.serving`) lists `"engine": "ray"` in
+`/v1/models` and reads the HF scorer in one forward: a batch goes as one `POST /v1/score` per server (lossless PNG
+images at the model's size, the prompt, the weights alias) and every figure of `ScoreDetails` comes back; the
+server refuses another prompt or pixel budget than its own. It serves no generation (thinking mode needs vLLM).
+
 API key. A server started with `vq-reward serve --api-key KEY` (vLLM's `--api-key`) answers 401 without it: pass
 `api_key=`, or set `VQ_REWARD_API_KEY`, which is also where copies of a pickled reward read it (the key itself is
 never part of a backend's `source()`, so it is not written into pickles or checkpoints).
@@ -79,6 +84,7 @@ from vq_reward.readout import (
 
 
 RETRY_STATUS = (429, 500, 502, 503, 504)
+RAY_FIGURES = ("scores", "std", "probs", "digit_mass", "dot_mass")  # the Ray engine's answer: ScoreDetails' figures
 DEFAULT_TIMEOUT = 120.0
 DEFAULT_RETRIES = 2
 API_KEY_ENV = "VQ_REWARD_API_KEY"
@@ -99,12 +105,14 @@ class ServedModel:
         root: the path or hub id the server loaded it from.
         weights: the weights fingerprint its `NAME@<fingerprint>` alias publishes; None on a plain vLLM server.
         max_model_len: the server's context length, if it says.
+        engine: "vllm", or "ray" for `vq-reward serve --engine ray` (the HF scorer on Ray Serve).
     """
 
     id: str
     root: str | None
     weights: str | None = None
     max_model_len: int | None = None
+    engine: str = "vllm"
 
     @property
     def name(self) -> str:
@@ -128,8 +136,12 @@ def served_models(entries: list[dict]) -> list[ServedModel]:
             aliases.add(entry["id"])
     return [
         ServedModel(
-            entry["id"], entry.get("root"), weights.get((entry["id"], entry.get("root"))), entry.get("max_model_len")
-        )  # fmt: skip
+            entry["id"],
+            entry.get("root"),
+            weights.get((entry["id"], entry.get("root"))),
+            entry.get("max_model_len"),
+            entry.get("engine", "vllm"),
+        )
         for entry in entries
         if entry["id"] not in aliases
     ]
@@ -260,6 +272,8 @@ class ServerBackend:
     def read_scores(
         self, request: Request, images: list[Image.Image], tokens: NumberTokens, readout: str
     ) -> ScoreDetails:
+        if self.served.engine == "ray":
+            return self._ray_scores(request, images, readout)
         branches = branch_continuations(tokens, readout)
         ids = branch_token_ids(tokens)
         prompt = prompt_ids(self.processor, request)
@@ -290,6 +304,11 @@ class ServerBackend:
         return details_from_branches(logprobs, tokens, readout)
 
     def generate(self, request: Request, images: list[Image.Image], settings: dict) -> list[str]:
+        if self.served.engine == "ray":
+            raise ServerError(
+                f"{self.urls[0]} is a Ray server (vq-reward serve --engine ray), which serves the score readouts "
+                "only; generate() and thinking mode need a vLLM server (vq-reward serve MODEL --engine vllm)."
+            )
         sampling = sampling_settings(settings)
         prompt = prompt_ids(self.processor, request)
         jobs = []
@@ -333,6 +352,31 @@ class ServerBackend:
         if self.processor_source is not None:
             kwargs["processor"] = self.processor_source
         return BackendSource("server", self.model_id, kwargs)
+
+    def _ray_scores(self, request: Request, images: list[Image.Image], readout: str) -> ScoreDetails:
+        """The Ray engine's `POST /v1/score`: the images as lossless PNG, one request per server, with the prompt
+        (the server refuses one that is not its own) and the weights alias; every figure comes back."""
+        share = -(-len(images) // len(self.urls))
+        chunks = [images[start : start + share] for start in range(0, len(images), share)]
+        body = {"model": self.served.name, "readout": readout, "prompt": request.text + request.answer_prefix}
+        futures = [
+            self._pool.submit(self._post, next(self._turn) % len(self.urls), "/v1/score",
+                              {**body, "images": [png_data_url(image).split(",", 1)[1] for image in chunk]})
+            for chunk in chunks
+        ]  # fmt: skip
+        answers = []
+        for future in futures:
+            url, answer = future.result()
+            if answer.get("fingerprint") != self.served.weights:
+                raise ServerError(f"{url} scored with weights {answer.get('fingerprint')}, not {self.served.weights}.")
+            answers.append(answer)
+        figures = {name: [row for answer in answers for row in answer[name]] for name in RAY_FIGURES}
+        dot_mass = None if figures["dot_mass"][0] is None else torch.tensor(figures["dot_mass"])
+        return ScoreDetails(
+            scores=torch.tensor(figures["scores"]), std=torch.tensor(figures["std"]),
+            probs=torch.tensor(figures["probs"]), digit_mass=torch.tensor(figures["digit_mass"]),
+            dot_mass=dot_mass, readout=readout,
+        )  # fmt: skip
 
     # -- connecting ----------------------------------------------------------------------------------------------
 

@@ -57,6 +57,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
+from vq_reward.cli import serve_ray
 from vq_reward.cli.options import positive_int
 
 
@@ -68,11 +69,20 @@ STOP_GRACE = 5.0  # seconds vLLM's processes get to exit after the in-flight req
 def add_commands(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser(
         "serve",
-        help="serve a scorer model with vLLM's OpenAI-compatible server (for from_server / score --server)",
-        description="Start vLLM's OpenAI-compatible server for a VisualQuality-R1 checkpoint, with the settings the "
-        "readouts need; prints the URL once it answers, stops cleanly on Ctrl-C / SIGTERM.",
+        help="serve a scorer model: vLLM's OpenAI-compatible server, or Ray Serve with --engine ray (for "
+        "from_server / score --server / RL frameworks' HTTP rewards)",
+        description="Start vLLM's OpenAI-compatible server (default) or the HF scorer on Ray Serve (--engine ray: "
+        "the exact score in one forward, dynamic batching, replicas, verl-omni and Flow-GRPO routes) for a "
+        "VisualQuality-R1 checkpoint; prints the URL once it answers, stops cleanly on Ctrl-C / SIGTERM / SIGHUP.",
     )
     serve.add_argument("model", help="hub id, local checkpoint folder, or a smoke model name ('tiny')")
+    serve.add_argument(
+        "--engine",
+        default="vllm",
+        choices=["vllm", "ray"],
+        help="vllm (default): vLLM's server (thinking-mode generation, tensor parallel, fastest first-digit); ray: "
+        "the HF scorer on Ray Serve (the number readout in one forward; pip install 'vq-reward[serve]')",
+    )
     serve.add_argument(
         "--host",
         default="127.0.0.1",
@@ -165,6 +175,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help=f"a key every /v1 request must carry (Authorization: Bearer KEY); default: ${API_KEY_ENV}. Clients pass "
         f"from_server(..., api_key=KEY) or set {API_KEY_ENV}",
     )
+    serve_ray.add_arguments(serve)
     serve.set_defaults(run=run_serve)
 
 
@@ -245,6 +256,8 @@ def server_command(args: argparse.Namespace) -> VllmLaunch:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    if args.engine == "ray":
+        return serve_ray.run(args)
     _check_vllm(args.python)
     _check_port_free(args.host, args.port)
     launch = server_command(args)

@@ -155,7 +155,10 @@ def _config(args: argparse.Namespace, model: str, name: str) -> tuple["ServeConf
     from vq_reward.serving.ray_app import ServeConfig
 
     resources = ray.cluster_resources()
-    gpus = args.num_gpus if args.num_gpus is not None else (1.0 if resources.get("GPU", 0) > 0 else 0.0)
+    if args.num_gpus is not None:
+        gpus = args.num_gpus
+    else:  # --device auto|cpu|gpu, as for vLLM; auto: a GPU each when the cluster has GPUs
+        gpus = 1.0 if args.device == "gpu" or (args.device == "auto" and resources.get("GPU", 0) > 0) else 0.0
     replicas = _autoscale_range(args.autoscale)[1] if args.autoscale else args.replicas
     cpus = args.num_cpus or (1.0 if gpus else max(1.0, float(int(resources.get("CPU", 1)) // replicas)))
     threads = max(1, int(cpus))

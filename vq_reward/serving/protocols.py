@@ -3,9 +3,10 @@
 Three protocols, one per route:
 
 - the project's own (`POST /v1/score`, JSON), what `VisualQualityScorer.from_server` sends: lossless PNG images
-  already at the model's size (base64), an optional readout and the served name the client pinned (`NAME@<weights
-  fingerprint>`, so a server restarted with other weights answers 404); the answer holds every figure of
-  `ScoreDetails` and the fingerprint of the weights that scored;
+  already at the model's size (base64), an optional readout, the served name the client pinned (`NAME@<weights
+  fingerprint>`, so a server restarted with other weights answers 404) and the prompt it expects (a server with
+  other prompt settings answers 400); the answer holds every figure of `ScoreDetails` and the fingerprint of the
+  weights that scored;
 - verl-omni's HTTP scorer (`POST /score`): `pickle.dumps({"images": [PNG or JPEG bytes], "prompts": [str],
   "metadata": {...}})`, answered `pickle.dumps({"scores": [float]})`, or `pickle.dumps({"error": str})` with a 4xx
   or 5xx status (its client retries 408, 429 and 5xx);
@@ -62,6 +63,7 @@ class ScoreRequest:
     images: list[Image.Image]
     readout: str | None = None
     model: str | None = None
+    prompt: str | None = None
 
 
 class _NoGlobals(pickle.Unpickler):
@@ -175,7 +177,8 @@ def framework_request(body: bytes, max_bytes: int, max_input_pixels: int, exif_t
 
 
 def project_request(body: bytes, max_input_pixels: int) -> ScoreRequest:
-    """The project's JSON body: {"images": [base64 PNG], "readout": optional, "model": optional served name}."""
+    """The project's JSON body: {"images": [base64 PNG]} and, optional, "readout", "model" (a served name) and
+    "prompt" (the text the client expects the images to be read after)."""
     try:
         value = json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
@@ -187,12 +190,12 @@ def project_request(body: bytes, max_input_pixels: int) -> ScoreRequest:
         except (binascii.Error, ValueError):
             raise ProtocolError(f"images[{i}] is not base64 text.") from None
         images.append(decode_image(data, f"images[{i}]", ("PNG",), max_input_pixels, exif_transpose=False))
-    readout, model = value.get("readout"), value.get("model")
+    readout, model, prompt = value.get("readout"), value.get("model"), value.get("prompt")
     if readout is not None and readout not in ("number", "first-digit"):
         raise ProtocolError(f"readout must be 'number' or 'first-digit', got {readout!r}.")
-    if model is not None and not isinstance(model, str):
-        raise ProtocolError("model must be a served model name (GET /v1/models).")
-    return ScoreRequest(images, readout, model)
+    if not all(field is None or isinstance(field, str) for field in (model, prompt)):
+        raise ProtocolError("model and prompt must be strings: a served model name (GET /v1/models), the prompt.")
+    return ScoreRequest(images, readout, model, prompt)
 
 
 def project_answer(rows: list[dict[str, Any]], fingerprint: str, readout: str) -> bytes:

@@ -95,6 +95,7 @@ class ScorerReplica:
             "id": self.config.name, "object": "model", "owned_by": "vq-reward", "root": self.config.model,
             "engine": "ray", "fingerprint": self.fingerprint, "min_pixels": self.scorer.min_pixels,
             "max_pixels": self.scorer.max_pixels, "settings": self.scorer.settings(),
+            "prompt": self.scorer.readout_prompt(),
         }  # fmt: skip
 
     def pid(self) -> int:
@@ -167,6 +168,10 @@ class HttpFront:
             if parsed.model not in (None, *names):
                 raise ProtocolError(f"the model {parsed.model!r} does not exist here: this server serves {names} "
                                     "(the second names its weights).", status=404)  # fmt: skip
+            if parsed.prompt not in (None, identity["prompt"]):
+                style = identity["settings"]["prompt_style"]
+                raise ProtocolError(f"the client's prompt differs from this server's (prompt_style {style!r}): build "
+                                    "the client with the settings GET /v1/models lists.")  # fmt: skip
             _check_model_size(parsed.images, identity)
         else:
             parsed = await asyncio.to_thread(
