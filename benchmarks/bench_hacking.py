@@ -262,6 +262,12 @@ def table_row(name: str, run: dict) -> list:
     ]  # fmt: skip
 
 
+def statistics_row(name: str, run: dict, last: int = 5) -> list:
+    """The monitor's statistics of the training batches, mean over the last `last` steps."""
+    tail = run["steps"][-last:]
+    return [name, *(f"{np.mean([point[key] for point in tail]):.3f}" for key in STATISTICS)]
+
+
 def plot(summary: dict, folder: Path) -> None:
     import matplotlib
 
@@ -348,9 +354,15 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [table_row(f"ReFL {name}", run) for name, run in summary["refl"].items()]
     rows += [table_row(f"policy gradient {name}", run) for name, run in summary["grpo"].items()]
     summary["table"] = common.markdown_table(header, rows, align="lrrrl")
+    first = next(iter(summary["refl"].values()))["steps"][: args.baseline_steps]
+    baseline = ["inputs (first steps)", *(f"{np.mean([p[key] for p in first]):.3f}" for key in STATISTICS)]
+    rows = [baseline, *(statistics_row(f"ReFL {name}", run) for name, run in summary["refl"].items())]
+    rows += [statistics_row(f"policy gradient {name}", run) for name, run in summary["grpo"].items()]
+    summary["statistics_table"] = common.markdown_table(["training batches", *STATISTICS], rows)
     (folder / "summary.json").write_text(json.dumps(summary, indent=1))
     plot(summary, folder)
     print(summary["table"])
+    print(summary["statistics_table"])
     print(f"{summary['minutes']:.1f} min; {folder / 'summary.json'}, curves.png, monitor.png")
     return summary
 
