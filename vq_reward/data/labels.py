@@ -15,6 +15,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,15 @@ class LabelFileError(ValueError):
     """A label file that cannot be read as asked. The message names the file, the line and the fix."""
 
 
+class _Columns(NamedTuple):
+    """A layout's columns as indices into a line's fields."""
+
+    image: int
+    mos: int
+    std: int | None
+    reference: int | None
+
+
 def read_label_file(
     path: str | Path,
     layout: Layout = LAYOUTS["plain"],
@@ -108,7 +118,9 @@ def read_label_file(
     comma = path.suffix.lower() == ".csv" or "," in lines[0][1]
     records = [(number, _split(text, comma)) for number, text in lines]
     header = records.pop(0)[1] if layout.header else None
-    columns = {name: _column(getattr(layout, name), header, path) for name in ("image", "mos", "std", "reference")}
+    image, mos = _column(layout.image, header, path), _column(layout.mos, header, path)
+    optional = [None if spec is None else _column(spec, header, path) for spec in (layout.std, layout.reference)]
+    columns = _Columns(image, mos, *optional)
     pattern = _reference_pattern(layout.reference_pattern, path)
     rows: list[LabelRow] = []
     skipped: list[str] = []
@@ -182,24 +194,24 @@ def _text(path: Path) -> str:
 
 def _row(
     fields: list[str],
-    columns: dict[str, int | None],
+    columns: _Columns,
     pattern: re.Pattern | None,
     number: int,
     path: Path,
     images_dir: str | Path | None,
 ) -> LabelRow:
     where = f"{path}:{number}"
-    needed = max(index for key, index in columns.items() if index is not None and key != "std")  # std is optional
-    if len(fields) <= columns["image"] or len(fields) <= columns["mos"]:
+    needed = max(index for index in (columns.image, columns.mos, columns.reference) if index is not None)  # not std
+    if len(fields) <= columns.image or len(fields) <= columns.mos:
         raise LabelFileError(f"{where}: expected at least {needed + 1} fields, found {len(fields)}: {fields!r}")
-    image = fields[columns["image"]]
-    mos = _number(fields[columns["mos"]], "MOS", where)
-    std_index = columns["std"]
+    image = fields[columns.image]
+    mos = _number(fields[columns.mos], "MOS", where)
+    std_index = columns.std
     std = _number(fields[std_index], "std", where) if std_index is not None and std_index < len(fields) else None
-    if columns["reference"] is not None:
-        if len(fields) <= columns["reference"]:
-            raise LabelFileError(f"{where}: no reference column (index {columns['reference']}) in {fields!r}")
-        reference = Path(fields[columns["reference"]]).stem
+    if columns.reference is not None:
+        if len(fields) <= columns.reference:
+            raise LabelFileError(f"{where}: no reference column (index {columns.reference}) in {fields!r}")
+        reference = Path(fields[columns.reference]).stem
     elif pattern is not None:
         match = pattern.search(image)
         if match is None:
@@ -230,8 +242,8 @@ def _split(text: str, comma: bool) -> list[str]:
     return text.split()
 
 
-def _column(spec: int | str | None, header: list[str] | None, path: Path) -> int | None:
-    if spec is None or isinstance(spec, int):
+def _column(spec: int | str, header: list[str] | None, path: Path) -> int:
+    if isinstance(spec, int):
         return spec
     if header is None:
         raise LabelFileError(f"{path}: column {spec!r} is given by name, so the layout needs header=True.")

@@ -160,7 +160,8 @@ def read_jsonl(path: str | Path, required: Sequence[str] | None = None, check_im
         True
     """
     path = Path(path)
-    rows, problems = [], []
+    rows: list[dict] = []
+    problems: list[str] = []
     for number, row in read_objects(path, hint="Write one with `vq-reward prepare-data`."):
         found = _row_problems(path, row, required, check_images)
         problems.extend(f"{path}:{number}: {problem}" for problem in found)

@@ -16,10 +16,15 @@ import re
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
+
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")  # the folders Trainer saves into: checkpoint-<global step>
@@ -113,7 +118,7 @@ def _torn_file(path: Path) -> str | None:
     return None
 
 
-def load_checkpoint_weights(model: torch.nn.Module, folder: str | Path) -> None:
+def load_checkpoint_weights(model: "PreTrainedModel", folder: str | Path) -> None:
     """Copy the weights saved in `folder` (model.safetensors, or shards with an index) into `model`, strictly.
 
     Raises `RuntimeError` naming the missing and unexpected keys when the checkpoint and the model differ.
@@ -135,7 +140,7 @@ def load_checkpoint_weights(model: torch.nn.Module, folder: str | Path) -> None:
     model.load_state_dict(state, strict=not tied)
 
 
-def saved_key_names(model: torch.nn.Module) -> dict[str, str]:
+def saved_key_names(model: "PreTrainedModel") -> dict[str, str]:
     """For every key of `model.state_dict()`, the key `save_pretrained` stores that tensor under."""
     state = model.state_dict()
     try:
@@ -144,10 +149,12 @@ def saved_key_names(model: torch.nn.Module) -> dict[str, str]:
         return {key: key for key in state}
     reverted = revert_weight_conversion(model, dict(state))
     by_identity = {id(tensor): name for name, tensor in reverted.items()}
-    names = {key: by_identity.get(id(tensor)) for key, tensor in state.items()}
-    unmapped = [key for key, name in names.items() if name is None]
-    if unmapped:
-        raise RuntimeError(f"cannot tell under which key {unmapped[0]} is saved; its conversion is not a renaming.")
+    names: dict[str, str] = {}
+    for key, tensor in state.items():
+        name = by_identity.get(id(tensor))
+        if name is None:
+            raise RuntimeError(f"cannot tell under which key {key} is saved; its conversion is not a renaming.")
+        names[key] = name
     return names
 
 

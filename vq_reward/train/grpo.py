@@ -23,6 +23,7 @@ Any field of `VQScriptArguments`, `GRPOConfig` or `ModelConfig` can be set in th
 
 import os
 import sys
+from typing import cast
 
 import torch
 
@@ -41,13 +42,14 @@ from vq_reward.train.trainer import QualityGRPOTrainer, TimeLimitCallback
 
 require_trl()
 from transformers import TrainerCallback  # noqa: E402
+from transformers.hf_argparser import DataClassType  # noqa: E402
 from trl import GRPOConfig, ModelConfig, TrlParser, get_peft_config  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[VQScriptArguments, GRPOConfig, ModelConfig]:
     """Parse `--config recipe.yaml` plus command-line overrides into the three configs."""
-    parser = TrlParser((VQScriptArguments, GRPOConfig, ModelConfig))
-    return parser.parse_args_and_config(args=argv)
+    parser = TrlParser([DataClassType(VQScriptArguments), DataClassType(GRPOConfig), DataClassType(ModelConfig)])
+    return cast(tuple[VQScriptArguments, GRPOConfig, ModelConfig], parser.parse_args_and_config(args=argv))
 
 
 def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> QualityGRPOTrainer | None:
@@ -61,9 +63,10 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     # Resuming: the newest complete checkpoint ("last" skips one whose save was cut short); a finished run stays as
     # it is (transformers would train one step past max_steps when the run ended mid-epoch, and save over it).
     log = print if training_args.process_index == 0 else _silent
-    resume = checkpoint_to_resume(training_args.output_dir, training_args.resume_from_checkpoint, log)
+    output_dir = str(training_args.output_dir)  # never None: transformers fills in its default
+    resume = checkpoint_to_resume(output_dir, training_args.resume_from_checkpoint, log)
     max_steps, epochs = training_args.max_steps, training_args.num_train_epochs
-    finished = None if resume is None else finished_run(resume, training_args.output_dir, max_steps, epochs)
+    finished = None if resume is None else finished_run(resume, output_dir, max_steps, epochs)
     if finished:
         log(finished)
         return None
@@ -78,10 +81,14 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
 
     # Non-thinking fast path: the prompt ends with "<answer>" (q-insight: an empty <think> block and "<answer>\n"),
     # exactly the prompt the scorer's readouts use; the checkpoint keeps the original template (the trainer's _save).
-    original_template = None
+    original_template: str | None = None
     if script_args.force_answer_prefix:
-        original_template = processor.chat_template
-        processor.chat_template = with_answer_prefix(original_template, script_args.answer_prefix)
+        template = processor.chat_template
+        if not isinstance(template, str):
+            raise ValueError(f"{model_path}: force_answer_prefix needs one chat template, the processor has "
+                             f"{type(template).__name__}; set force_answer_prefix false.")  # fmt: skip
+        original_template = template
+        processor.chat_template = with_answer_prefix(template, script_args.answer_prefix)
     if script_args.digit_only:
         # Sample only "1".."5": every other token is suppressed (vLLM: allowed_token_ids does the same).
         digits = set(NumberTokens.of(processor.tokenizer).first)
@@ -89,7 +96,8 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
             extra = {"allowed_token_ids": sorted(digits)}
         else:
             extra = {"suppress_tokens": [i for i in range(len(processor.tokenizer)) if i not in digits]}
-        training_args.generation_kwargs = {**(training_args.generation_kwargs or {}), **extra}
+        given = cast(dict, training_args.generation_kwargs or {})  # transformers parsed a JSON string into a dict
+        training_args.generation_kwargs = {**given, **extra}
     closed_set = None
     if script_args.closed_set_sampling:
         # Rollouts drawn from the readouts' closed answer sets (vq_reward/train/closed_set.py says why it is exact).
@@ -118,6 +126,8 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         _check_closed_set(closed_set, training_args, {row.get("task", SCORE_TASK) for row in train_rows})
 
     # Rewards: fidelity rank reward (+ format), summed unweighted unless GRPOConfig.reward_weights says otherwise.
+    if training_args.num_generations is None:
+        raise ValueError("set num_generations: the rewards compare each image's group of rollouts.")
     reward_funcs = make_reward_funcs(
         script_args.reward_funcs,
         training_args.num_generations,
@@ -154,7 +164,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     )
 
     trainer.train(resume_from_checkpoint=None if resume is None else str(resume))
-    trainer.save_model(training_args.output_dir)
+    trainer.save_model(output_dir)
     return trainer
 
 
@@ -165,7 +175,8 @@ def _silent(message: str) -> None:
 def _check_closed_set(closed_set: ClosedSetSampler, training_args: GRPOConfig, tasks: set[str]) -> None:
     """Refuse settings under which closed-set rollouts of `tasks` would not be the readout's exact policy gradient."""
     longest = max(max(closed_set.answer_lengths(task)) for task in tasks)
-    if training_args.max_completion_length < longest:
+    limit = training_args.max_completion_length  # None: no limit
+    if limit is not None and limit < longest:
         raise ValueError(
             f"max_completion_length={training_args.max_completion_length} is shorter than the longest closed-set "
             f"answer ({longest} tokens); set max_completion_length >= {longest}."

@@ -14,7 +14,6 @@ proportion to what is left; a round that cannot fill every device ends the epoch
 
 import random
 from collections.abc import Iterator, Sequence
-from typing import Literal
 
 from torch.utils.data import Sampler
 
@@ -79,7 +78,7 @@ class DatasetHomogeneousSampler(Sampler[int]):
         num_generations: int,
         repeat_count: int = 1,
         seed: int = 42,
-        choice: Literal["uniform", "proportional"] = "uniform",
+        choice: str = "uniform",
     ) -> None:
         if choice not in ("uniform", "proportional"):
             raise ValueError(f"choice must be 'uniform' or 'proportional', got {choice!r}.")

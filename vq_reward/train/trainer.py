@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 import torch
 from torch.utils.data import Sampler
-from transformers import TrainerCallback
+from transformers import ProcessorMixin, TrainerCallback
 
 from vq_reward.data.rows import SCORE_TASK
 from vq_reward.train import require_trl
@@ -32,7 +32,7 @@ from vq_reward.train.sampler import DatasetHomogeneousSampler, images_per_device
 
 
 require_trl()
-from trl import GRPOTrainer  # noqa: E402
+from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 from trl.models.utils import unwrap_model_for_generation  # noqa: E402
 
 
@@ -50,6 +50,9 @@ class QualityGRPOTrainer(GRPOTrainer):
         closed_set: draw rollouts with this sampler instead of generating them (not with vLLM).
         *args, **kwargs: `GRPOTrainer`'s.
     """
+
+    args: GRPOConfig  # Trainer declares TrainingArguments
+    num_generations: int  # TRL copies it from the config, whose default fills it in
 
     def __init__(
         self,
@@ -122,17 +125,18 @@ class QualityGRPOTrainer(GRPOTrainer):
             return super()._get_train_sampler(dataset)
         plain = dataset.with_format(None)  # column access without decoding every image
         names = plain["dataset_name"] if "dataset_name" in plain.column_names else ["all"] * len(plain)
+        steps_per_generation = self.args.steps_per_generation or self.args.gradient_accumulation_steps  # TRL's default
         sampler = DatasetHomogeneousSampler(
             names,
             images_per_device=images_per_device(
                 self.args.per_device_train_batch_size,
-                self.args.steps_per_generation,
+                steps_per_generation,
                 self.num_generations,
                 max(1, self.min_images_per_device),
             ),
             num_processes=self.accelerator.num_processes,
             num_generations=self.num_generations,
-            repeat_count=self.num_iterations * self.args.steps_per_generation,
+            repeat_count=self.num_iterations * steps_per_generation,
             seed=self.args.seed,
             choice=self.dataset_choice,
         )
@@ -150,7 +154,7 @@ class QualityGRPOTrainer(GRPOTrainer):
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         processor = self.processing_class
-        if self.saved_chat_template is None or processor is None:
+        if self.saved_chat_template is None or not isinstance(processor, ProcessorMixin):
             return super()._save(output_dir, state_dict)
         training_template = processor.chat_template
         processor.chat_template = self.saved_chat_template
