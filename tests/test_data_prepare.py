@@ -269,8 +269,11 @@ def test_dataset_names_cannot_leave_the_output_folder(tmp_path, capsys):
      (["prepare-data", "--labels", "{tmp}/gone.txt", "--images", "{tmp}", "--dataset-name", "X",
        "--output-dir", "{tmp}"], "gone.txt: no such label file; check --labels"),
      (["prepare-degradation", "--labels", "{bad}", "--dataset-name", "X", "--output-dir", "{tmp}"],
-      "label 0: image 7 is not a file name")],
-    ids=["output-is-a-folder", "folder-is-a-file", "no-images-folder", "no-label-file", "image-not-a-name"],
+      "label 0: image 7 is not a file name"),
+     (["distort", "{tmp}/gone", "{tmp}/d"], "gone: no such folder of clean images"),
+     (["distort", "examples/images", "{a}"], "a.jsonl is a file; name a folder for the distorted images")],
+    ids=["output-is-a-folder", "folder-is-a-file", "no-images-folder", "no-label-file", "image-not-a-name",
+         "no-photos-folder", "distort-into-a-file"],
 )  # fmt: skip
 def test_bad_paths_are_one_line_errors(tmp_path, capsys, args, message):
     labels = _plain_labels(tmp_path, ["a.png 1", "b.png 2"])

@@ -66,10 +66,14 @@ def make_distorted_set(
         >>> rows[1].image, rows[1].mos
         ('astronaut__c0__blur1.png', 4.2)
     """
+    if not Path(source_dir).is_dir():
+        raise FileNotFoundError(f"{source_dir}: no such folder of clean images.")
     sources = sorted(p for p in Path(source_dir).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
     if not sources:
         raise FileNotFoundError(f"no images ({', '.join(_IMAGE_SUFFIXES)}) in {source_dir}")
     out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file; name a folder for the distorted images.")
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     rows: list[DistortedImage] = []
