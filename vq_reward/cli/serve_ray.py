@@ -93,16 +93,16 @@ def add_arguments(serve: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Start (or connect to) Ray, deploy, print the URL once healthy, and stop everything on a signal."""
-    _check_ray_installed()
-    from vq_reward.hub import canonical_name, resolve_model
-
     if args.autoscale:
-        _autoscale_range(args.autoscale)  # a bad range fails here, before Ray starts
-    model = resolve_model(args.model, args.revision)  # a missing model fails here too
+        _autoscale_range(args.autoscale)  # what can be checked in a moment fails first, before Ray starts
     if not args.address:
         from vq_reward.cli.serve import _check_port_free
 
         _check_port_free(args.host, args.port)
+    from vq_reward.hub import canonical_name, resolve_model
+
+    model = resolve_model(args.model, args.revision)
+    _check_ray_installed()
     from vq_reward.serving import launcher
 
     stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

@@ -98,9 +98,11 @@ class ScorerReplica:
             "prompt": self.scorer.readout_prompt(),
         }  # fmt: skip
 
-    def pid(self) -> int:
-        """This replica's process id (what the reliability tests kill)."""
-        return os.getpid()
+    def place(self) -> tuple[int, str]:
+        """This replica's process id and Ray node id (where it runs; the reliability tests kill it)."""
+        import ray
+
+        return os.getpid(), ray.get_runtime_context().get_node_id()
 
     async def score(self, images: list[np.ndarray], readout: str | None = None) -> dict[str, Any]:
         """Score RGB uint8 HWC arrays: {"fingerprint", "readout", "rows": one dict of figures per image}."""
