@@ -10,7 +10,8 @@ reward being the taught smoke model (a demo quality model, `from_pretrained("tau
 2. **Group-relative policy gradient** (GRPO-style): a small stochastic enhancer picks four global edits (sharpen or
    soften, saturation, contrast, brightness) from a Gaussian whose mean a tiny network computes from the input; G
    edits of each input are scored with `as_reward(mode="score")` or `as_reward(mode="win-rate")` (one group per
-   input), the rewards standardised within each group, and the policy moved along advantage-weighted log-likelihoods.
+   input); the advantages are the rewards minus their group's mean, divided by the group's std (GRPO) or not
+   (Dr. GRPO, TRL's `scale_rewards="none"`), and the policy moves along advantage-weighted log-likelihoods.
 
 True quality is PSNR and SSIM against the clean crop, which the reward never sees. Per step each run records the
 reward, PSNR, SSIM and the `HackingMonitor`'s statistics of its training batch; every `--eval-every` steps the
@@ -201,8 +202,9 @@ def refl_run(scorer, config: dict, train: Data, held_out: Data, args) -> dict:
     return {"steps": steps, "evaluations": evaluations, "warnings": [message for _, message in monitor.warnings]}
 
 
-def grpo_run(scorer, mode: str, train: Data, held_out: Data, args) -> dict:
-    """One group-relative policy-gradient run with `as_reward(mode=mode)`."""
+def grpo_run(scorer, mode: str, scale: bool, train: Data, held_out: Data, args) -> dict:
+    """One group-relative policy-gradient run with `as_reward(mode=mode)`, advantages divided by the group std or
+    not (`scale`)."""
     torch.manual_seed(args.seed)
     policy = Enhancer()
     optimizer = torch.optim.Adam(policy.parameters(), lr=args.policy_learning_rate)
@@ -225,7 +227,7 @@ def grpo_run(scorer, mode: str, train: Data, held_out: Data, args) -> dict:
         groups = [f"input {int(i)}" for i in chosen.repeat_interleave(args.group_size)]
         rewards, info = reward_fn(outputs, groups, [{}] * len(groups))
         scores = info["scores"] if mode == "win-rate" else rewards
-        advantages = torch.from_numpy(group_standardised(rewards, args.group_size))
+        advantages = torch.from_numpy(group_advantages(rewards, args.group_size, scale))
         log_likelihood = torch.distributions.Normal(mean, POLICY_STD).log_prob(actions).sum(dim=1)
         loss = -(advantages * log_likelihood).mean()
         optimizer.zero_grad()
@@ -241,11 +243,13 @@ def grpo_run(scorer, mode: str, train: Data, held_out: Data, args) -> dict:
     return {"steps": steps, "evaluations": evaluations, "warnings": [message for _, message in monitor.warnings]}
 
 
-def group_standardised(rewards: np.ndarray, group_size: int) -> np.ndarray:
-    """GRPO's advantages: each reward minus its group's mean, over the group's std (+ epsilon)."""
+def group_advantages(rewards: np.ndarray, group_size: int, scale: bool = True) -> np.ndarray:
+    """Each reward minus its group's mean; with `scale` (GRPO) also over the group's std (+ epsilon)."""
     groups = rewards.reshape(-1, group_size).astype(np.float64)
     centred = groups - groups.mean(axis=1, keepdims=True)
-    return (centred / (groups.std(axis=1, ddof=1, keepdims=True) + GRPO_EPSILON)).reshape(-1).astype(np.float32)
+    if scale:
+        centred = centred / (groups.std(axis=1, ddof=1, keepdims=True) + GRPO_EPSILON)
+    return centred.reshape(-1).astype(np.float32)
 
 
 # -- reporting -----------------------------------------------------------------------------------------------------
@@ -345,10 +349,11 @@ def main(argv: list[str] | None = None) -> dict:
         began = time.perf_counter()
         summary["refl"][name] = refl_run(scorer, config, train, held_out, args)
         print(f"ReFL {name}: {time.perf_counter() - began:.0f} s", flush=True)
-    for mode in ("score", "win-rate"):
-        began = time.perf_counter()
-        summary["grpo"][f"mode={mode}"] = grpo_run(scorer, mode, train, held_out, args)
-        print(f"policy gradient mode={mode}: {time.perf_counter() - began:.0f} s", flush=True)
+    for scale in (True, False):
+        for mode in ("score", "win-rate"):
+            began, name = time.perf_counter(), f"mode={mode}, {'group std' if scale else 'no std'}"
+            summary["grpo"][name] = grpo_run(scorer, mode, scale, train, held_out, args)
+            print(f"policy gradient {name}: {time.perf_counter() - began:.0f} s", flush=True)
     summary["minutes"] = (time.perf_counter() - started) / 60
     header = ["run", "reward gain", "PSNR change (dB)", "SSIM change", "monitor warnings"]
     rows = [table_row(f"ReFL {name}", run) for name, run in summary["refl"].items()]
