@@ -23,8 +23,9 @@ The images are resized to the model's input size once before timing (as qwen-vl-
 the official code), so every path is timed from model-sized PIL images: processor, forward(s), readout or decoding
 and parsing. Each (path, batch size) cell runs in a fresh spawned process: it loads the model, runs one untimed
 warm-up batch, then times `--repeats` passes over all the images; images/s is reported as the median with the range
-over the repeats. Peak memory is the peak above the loaded model, over warm-up and repeats: the CUDA allocator's
-peak on GPU, sampled RSS on CPU.
+over the repeats. Peak memory is the peak of tensor memory above the loaded model: on GPU the CUDA allocator's, over
+warm-up and repeats; on CPU the profiler's allocation events over one more (untimed) batch, the same count (the
+resident set would add what the C allocator keeps after a free, which depends on earlier work).
 
 `--quick` (for the tests): 4 images of 112x84, batch sizes 1 and 2, one repeat, 2 answer tokens, cells in this
 process. Measured results: benchmarks/README.md.
@@ -34,11 +35,13 @@ import argparse
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from common import PeakMemory, Timing, markdown_table, run_in_fresh_process, synthetic_images, time_repeats
 from PIL import Image
+from torch.profiler import ProfilerActivity, profile
 
 from vq_reward import prompts
 
@@ -86,7 +89,23 @@ def measure_cell(
             warmup=lambda: run(images[:batch_size]),
             device=scorer.device,
         )
-    return Cell(path, batch_size, timing, memory.peak_mib)
+    peak = memory.peak_mib if scorer.device.type == "cuda" else allocation_peak_mib(lambda: run(images[:batch_size]))
+    return Cell(path, batch_size, timing, peak)
+
+
+def allocation_peak_mib(run: Callable[[], object]) -> float:
+    """The peak of live tensor memory above the level at entry while `run()` runs on CPU, in MiB: the profiler's
+    allocation events added up in time order, as `torch.cuda.max_memory_allocated` counts on GPU. (The process's
+    resident set would add whatever the C allocator keeps after a free, which depends on earlier work.)"""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
+        run()
+    events = profiler.profiler.kineto_results.events()
+    sizes = [event.nbytes() for event in sorted(events, key=lambda e: e.start_ns()) if event.name() == "[memory]"]
+    live = peak = 0
+    for size in sizes:
+        live += size
+        peak = max(peak, live)
+    return peak / 2**20
 
 
 def load_scorer(model: str, device: str = "cpu", dtype: str = "auto"):
@@ -183,7 +202,8 @@ def _peak(cell: Cell | None) -> str:
 
 NOTES = """\
 images/s: median over the repeats, (slowest-fastest) in brackets; the ratios compare medians. The spread shows how
-noisy the machine was during the run. Peak MiB: above the loaded model, over the warm-up and the repeats.
+noisy the machine was during the run. Peak MiB: tensor memory above the loaded model (GPU: over the warm-up and the
+repeats; CPU: over one more batch).
 On the 0.7M-parameter tiny smoke model these figures describe this code, not the 7B model: the vision tower and the
 processor dominate its forward and a decode step is nearly free, so the ratios against generate+parse say little
 about a 7B on a GPU, where every one of the ~10 decode steps is a full memory-bound pass over the weights."""

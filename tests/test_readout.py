@@ -2,6 +2,7 @@
 and a brute force over every answer of the two-decimal grammar."""
 
 import copy
+import threading
 
 import pytest
 import torch
@@ -164,3 +165,111 @@ def test_candidate_log_probs_equal_separate_sequences(scorer):
             length = inputs["input_ids"].shape[1]
             manual = sum(logprobs[:, length - 1 + i, token] for i, token in enumerate(candidate))
             assert (ours[:, k] - manual).abs().max() < 1e-4
+
+
+def test_the_number_readout_keeps_its_gradient(tiny_path):
+    # Under autograd the lm_head chunks are recomputed in the backward pass: the gradient must be the plain one.
+    scorer = VisualQualityScorer.from_pretrained(tiny_path)
+    images = scorer.prepare([noise_image(64, 64, seed=30), noise_image(90, 60, seed=31)])
+    inputs = readout.model_inputs(scorer.processor, [scorer.readout_prompt()] * 2, images)
+    pixels = inputs["pixel_values"].clone().requires_grad_(True)
+    details = readout.read_scores(scorer.model, {**inputs, "pixel_values": pixels}, scorer.tokens, "number")
+    details.scores.sum().backward()
+    reference = pixels.detach().clone().requires_grad_(True)
+    tree, paths = readout.AnswerTree.from_sequences(readout.branch_continuations(scorer.tokens, "number")[1:])
+    logits = readout.tree_logits(scorer.model, {**inputs, "pixel_values": reference}, tree)  # every logit, kept
+    logprobs = logits.float().log_softmax(-1)[..., readout.branch_token_ids(scorer.tokens)]
+    positions = [0] + [path[-1] + 1 for path in paths]
+    readout.details_from_branches(logprobs[:, positions], scorer.tokens, "number").scores.sum().backward()
+    assert pixels.grad.abs().max() > 0
+    assert torch.allclose(pixels.grad, reference.grad, rtol=1e-4, atol=1e-7)
+
+
+# -- the real vocabulary and flash-attention ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def skeleton():
+    """Qwen2.5-VL's real tokenizer and 152,064-row vocabulary at tiny widths (vq_reward.smoke.skeleton)."""
+    from vq_reward import hub
+
+    return VisualQualityScorer.from_pretrained(hub.skeleton_checkpoint())
+
+
+def test_no_readout_holds_more_than_a_chunk_of_logits(skeleton):
+    images = skeleton.prepare([noise_image(64, 64, seed=i) for i in range(4)])
+    inputs = readout.model_inputs(skeleton.processor, [skeleton.readout_prompt()] * 4, images)
+    sizes = []
+    handle = skeleton.model.lm_head.register_forward_hook(lambda module, args, output: sizes.append(output.numel()))
+    saved = []
+
+    def keep(tensor):
+        saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    try:
+        with torch.no_grad():
+            for name in readout.READOUTS:
+                readout.read_scores(skeleton.model, inputs, skeleton.tokens, name)
+            readout.candidate_logprobs(skeleton.model, inputs, [[16, 13, 15], [17, 13], [20]])
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+            pixels = inputs["pixel_values"].clone().requires_grad_(True)
+            readout.read_scores(skeleton.model, {**inputs, "pixel_values": pixels}, skeleton.tokens, "number")
+    finally:
+        handle.remove()
+    whole = 4 * 49 * 152064  # the number readout's logits of 4 images, if they were read whole
+    assert max(sizes) <= readout.LOGITS_PER_CHUNK < whole / 7
+    assert sum(saved) < whole * 4 / 10  # what autograd keeps: activations, not the logits
+
+
+def test_a_flash_attention_model_reads_its_tree_with_sdpa(tiny_path):
+    # flash-attention takes 2D padding masks only; the tree's 4D mask must never reach it. flash-attn cannot run
+    # here, so the model runs SDPA while its config says flash_attention_2, as from_pretrained(attn_implementation=
+    # "flash_attention_2") would set it: the tree call must switch to SDPA, and give the model its own one back.
+    scorer = VisualQualityScorer.from_pretrained(tiny_path)
+    images = scorer.prepare([noise_image(64, 64, seed=40), noise_image(90, 60, seed=41)])
+    inputs = readout.model_inputs(scorer.processor, [scorer.readout_prompt()] * 2, images)
+    with torch.no_grad():
+        expected = readout.read_scores(scorer.model, inputs, scorer.tokens, "number")
+    text = scorer.model.config.text_config
+    text._attn_implementation = "flash_attention_2"
+    layers = scorer.model.model.language_model.layers
+    seen: list[tuple[str, int, str]] = []
+    entered, first_done = threading.Barrier(2, timeout=60), threading.Event()
+
+    def record(index):
+        def hook(module, args):
+            name = threading.current_thread().name
+            seen.append((name, index, module.config._attn_implementation))
+            if index == 0:
+                entered.wait()  # both calls are inside the tree forward
+            elif name == "second":
+                first_done.wait(60)  # the first call has returned; the second still runs
+
+        return hook
+
+    def read(name):
+        with torch.no_grad():
+            details = readout.read_scores(scorer.model, inputs, scorer.tokens, "number")
+        if name == "first":
+            first_done.set()
+        return details
+
+    handles = [layer.self_attn.register_forward_pre_hook(record(i)) for i, layer in enumerate(layers)]
+    try:
+        results = {}
+        threads = [
+            threading.Thread(target=lambda n=n: results.update({n: read(n)}), name=n) for n in ("first", "second")
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(seen) == 2 * len(layers) and {implementation for *_, implementation in seen} == {"sdpa"}
+    assert text._attn_implementation == "flash_attention_2"  # the model's own, back after the last call
+    assert scorer.model.config.vision_config._attn_implementation == "sdpa"  # untouched
+    for details in results.values():
+        assert torch.equal(details.scores, expected.scores)
