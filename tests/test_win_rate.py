@@ -65,7 +65,8 @@ def test_an_uncertain_image_is_pulled_towards_one_half():
     assert certain > uncertain > 0.5
 
 
-def test_tiny_gaps_stay_near_one_half_where_grpo_would_see_plus_minus_one():
+def test_tiny_gaps_stay_near_one_half_where_standardised_scores_are_plus_minus_one():
+    """Without the group-std division (scale_rewards="none"), advantages = win rate - 0.5 stay this small."""
     scores = np.array([3.50, 3.51, 3.49, 3.50])
     rates = win_rates(scores, np.full(4, 0.4), ["p"] * 4)
     assert np.abs(rates - 0.5).max() < 0.02

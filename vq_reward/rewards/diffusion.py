@@ -27,11 +27,10 @@ class QualityReward:
             images of its group, `Phi(gap / sqrt(s_i^2 + s_j^2 + 0.05^2))` from the number readout's scores and
             stds (read with `readout="number"` whatever the scorer's readout), in [0, 1], 0.5 on average per
             group and for an image alone; groups are `metadata[i]["group"]` when every entry has one, else the
-            prompts, else the whole batch (`vq_reward.rewards.win_rate`). Use it for GRPO-style loops
-            (Flow-GRPO, DanceGRPO) that standardise rewards within a prompt's group: a gap the model is unsure of
-            stays near 0.5 instead of becoming a +-1 advantage, and a win rate saturates once the model is sure,
-            so pushing one image's score ever higher stops paying. Keep "score" for loops that need the absolute
-            level (DDPO with a global baseline, logging, best-of-N across prompts).
+            prompts, else the whole batch. For group-relative loops (Flow-GRPO, DanceGRPO): a win rate saturates
+            once the model is sure, so pushing one image's score ever higher stops paying; to keep a gap the model
+            is unsure of from becoming a +-1 advantage, also drop the division by the group's std (advantage = win
+            rate - 0.5). `vq_reward.rewards.win_rate` explains; keep "score" where the absolute level matters.
         views: K > 1 scores each image as the mean over K deterministic views (`score(views=K)`): K forwards.
         device: where a lazily loaded scorer goes; `None` = `default_device()`.
         load_kwargs: `VisualQualityScorer.from_pretrained` arguments for a lazily loaded scorer (`dtype`,

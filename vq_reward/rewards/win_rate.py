@@ -16,11 +16,16 @@ The floor (`WIN_RATE_FLOOR`, 0.05 score points, 1/80 of the 1..5 range) keeps th
 the model is certain of both answers, so two near-identical certain scores still compare smoothly instead of as a
 hard 0/1 step.
 
-Why: GRPO standardises rewards within each group, so a score gap of 0.01 between images the model cannot tell apart
-becomes an advantage of +-1, the "illusory advantage" Pref-GRPO (arXiv 2508.20751) traced reward hacking to. A gap
-that is small against the model's own std gives win rates near 0.5 instead; GRPO then still standardises them, but
-their spread within a group is bounded by the model's confidence, and the reward cannot grow without bound by
-pushing one image's score further (a win rate saturates at 1 once the model is sure).
+Why, and how it meets GRPO's own group normalisation: GRPO subtracts each group's mean reward and divides by its
+std, so a score gap of 0.01 between images the model cannot tell apart becomes an advantage of +-1, the "illusory
+advantage" Pref-GRPO (arXiv 2508.20751) traced reward hacking to. Win rates change what is normalised: each reward
+is a smooth rank within the group, weighted by the model's confidence, so an image far ahead saturates at 1
+instead of taking the group's whole spread, and pushing one image's score ever higher stops paying. They do not, by
+themselves, stop the division by the group std from blowing up a group whose gaps are all tiny: win rates of 0.49
+and 0.51 standardise to +-1 too. For that, turn the std division off (TRL: `GRPOConfig(scale_rewards="none")`, or
+"batch"; elsewhere: advantage = win rate - 0.5): the advantage is then bounded by how sure the model is that one
+image beats the others, and near 0 where it is not. Keep `mode="score"` where the absolute level matters (a global
+baseline as in DDPO, best-of-N across prompts, logging).
 
 `win_rates` is a pure function of (scores, stds, groups): the in-process rewards and a served reward call the same
 code.
