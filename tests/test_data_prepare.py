@@ -1,6 +1,7 @@
 """Data preparation: MOS normalisation, the split by reference, label-file errors, JSONL round trip, merge, CLI."""
 
 import json
+import os
 import re
 import shlex
 from collections import Counter
@@ -325,3 +326,18 @@ def test_bad_option_values_are_usage_errors_before_any_work(tmp_path, capsys, ar
     error = capsys.readouterr().err
     assert exit_code.value.code == 2 and error.count("\n") == 1 and message in error, error
     assert not list(tmp_path.iterdir())
+
+
+def test_written_files_get_the_usual_mode(tmp_path):
+    # Written through a temporary file (mkstemp: 0600); the result must be readable like any file the user writes.
+    from vq_reward.data.jsonl import write_atomically
+
+    umask = os.umask(0o022)
+    try:
+        new = write_atomically(tmp_path / "new.jsonl", "{}\n")
+        assert new.stat().st_mode & 0o777 == 0o644
+        os.chmod(new, 0o640)
+        write_atomically(new, "{}\n")  # replacing a file keeps its mode
+        assert new.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(umask)

@@ -95,6 +95,7 @@ def _staged(path: Path, text: str) -> str:
         ) from None
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(handle, _file_mode(path))  # mkstemp makes 0600 files; these are the user's, like any they write
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(text)
             file.flush()
@@ -111,3 +112,12 @@ def _object(item: object, path: Path, where: str) -> dict:
     if not isinstance(item, dict):
         raise DataFileError(f"{path}:{where}: expected a JSON object, got {type(item).__name__}.")
     return item
+
+
+def _file_mode(path: Path) -> int:
+    """The mode `path` keeps when it is replaced, or a new file's mode under the process umask (as `open` gives)."""
+    if path.exists():
+        return path.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
