@@ -30,7 +30,7 @@ if sys.argv[1] == "-c":  # the launcher's "can it import vllm" check
 signal.signal(signal.SIGTERM, signal.SIG_IGN)  # as vLLM's API server while it starts
 engine = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                            "time.sleep(3600)"])
-with open(os.path.join(os.environ["FAKE_VLLM_DIR"], "started"), "w") as marker:
+with open(os.path.join(os.environ["VQ_REWARD_TEST_MARK"], "started"), "w") as marker:
     marker.write(f"{{os.getpid()}} {{engine.pid}}")
 time.sleep(float(os.environ["FAKE_VLLM_STARTUP_S"]))
 signal.signal(signal.SIGTERM, signal.SIG_DFL)  # ready: stops on SIGTERM, its engine does not
@@ -56,9 +56,10 @@ def free_port() -> int:
 
 
 def marked(mark: str) -> list[int]:
-    """Live (not zombie) processes whose environment holds FAKE_VLLM_DIR=mark."""
+    """Live (not zombie) processes whose environment holds VQ_REWARD_TEST_MARK=mark: what a launcher started
+    with that variable started, whoever their parent is now."""
     found = []
-    needle = f"FAKE_VLLM_DIR={mark}".encode()
+    needle = f"VQ_REWARD_TEST_MARK={mark}".encode()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -80,7 +81,7 @@ class Launcher:
         fake.write_text(textwrap.dedent(FAKE_VLLM.format(python=sys.executable)))
         fake.chmod(0o755)
         self.folder, self.log = folder, folder / "serve.log"
-        env = {**os.environ, "FAKE_VLLM_DIR": str(folder), "FAKE_VLLM_STARTUP_S": str(startup_s)}
+        env = {**os.environ, "VQ_REWARD_TEST_MARK": str(folder), "FAKE_VLLM_STARTUP_S": str(startup_s)}
         command = [sys.executable, "-m", "vq_reward.cli", "serve", str(tiny_path), "--python", str(fake), "--port",
                    str(free_port()), "--shutdown-timeout", "0", "--device", "cpu"]  # fmt: skip
         with open(self.log, "wb") as out:

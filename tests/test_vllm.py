@@ -16,6 +16,7 @@ test; the kill test starts a second one). The client side (`from_server`, the re
 import json
 import os
 import pickle
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,7 +31,7 @@ import torch
 from conftest import noise_image
 
 from vq_reward import VisualQualityScorer, hub, readout
-from vq_reward.backends.server import ServerError, png_data_url
+from vq_reward.backends.server import ServerBackend, ServerError, png_data_url
 from vq_reward.backends.vllm import engine_settings, sampling_settings, server_flags
 
 
@@ -88,15 +89,16 @@ def max_delta(a: dict, b: dict, readout_name: str) -> dict[str, float]:
 class Server:
     """`vq-reward serve` run with the vLLM environment's python, in a process group of its own."""
 
-    def __init__(self, model_path: str, name: str, log: Path) -> None:
-        self.port = free_port()
+    def __init__(self, model_path: str, name: str, log: Path, *flags: str, port: int | None = None,
+                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         command = [VLLM_PYTHON, "-m", "vq_reward.cli", "serve", model_path, "--served-model-name", name,
-                   "--port", str(self.port)]  # fmt: skip
+                   "--port", str(self.port), *flags]  # fmt: skip
         with open(log, "wb") as out:
-            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=vllm_env(),
-                                            start_new_session=True)  # fmt: skip
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                            env={**vllm_env(), **(env or {})}, start_new_session=True)  # fmt: skip
         self.vllm_pid: int | None = None
 
     def wait_ready(self, timeout: float = 900) -> "Server":
@@ -264,6 +266,9 @@ def test_the_server_must_serve_the_model_asked_for(server, model):
     scorer = VisualQualityScorer.from_server([server.url, server.url.replace("127.0.0.1", "localhost")])
     assert scorer.backend.model_id == model[0] and len(scorer.backend.urls) == 2  # one model behind both URLs
     assert scorer.recipe().load["urls"] == scorer.backend.urls
+    source = scorer.backend.source()
+    assert source.kwargs["model"] == f"{model[0]}@{scorer.backend.served.weights}"  # the weights, not the name
+    assert ServerBackend(**source.kwargs).source() == source  # a copy connects to the very same weights
 
 
 @vllm_test
@@ -312,6 +317,103 @@ def test_score_with_a_killed_server_fails_cleanly_and_the_rerun_resumes(server, 
     lines = [json.loads(line) for line in output.read_text().splitlines()]
     paths = [line["path"] for line in lines[1:]]
     assert len(paths) == 32 and len(set(paths)) == 32 and all("score" in line for line in lines[1:])
+
+
+def changed_copy(path: str, folder: Path) -> str:
+    """A copy of the checkpoint at `path` with one weight matrix changed: other weights under the same name."""
+    from safetensors.torch import load_file, save_file
+
+    copy = folder / "changed"
+    shutil.copytree(path, copy)
+    (weights,) = copy.glob("*.safetensors")
+    tensors = load_file(weights)
+    name = next(key for key in sorted(tensors) if key.endswith("mlp.down_proj.weight"))
+    tensors[name] = tensors[name] + 0.05 * torch.randn(tensors[name].shape, generator=torch.Generator().manual_seed(0))
+    save_file(tensors, weights, metadata={"format": "pt"})
+    return str(copy)
+
+
+@vllm_test
+@pytest.mark.slow
+def test_a_server_restarted_with_other_weights_is_refused_live_and_on_resume(images, tmp_path):
+    # Issue 17.1: restarted under the same --served-model-name and URL with other weights, the server must not
+    # score for (a) a live client nor (b) a results file started with the old weights.
+    tiny = hub.resolve_model("tiny")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index, path in enumerate(images[:3]):
+        shutil.copy(path, folder / f"{index}.png")
+    output = tmp_path / "results.jsonl"
+    port = free_port()
+    first = Server(tiny, "tiny", tmp_path / "first.log", port=port).wait_ready()
+    try:
+        scorer = VisualQualityScorer.from_server(first.url)
+        before = scorer.score(images[:2])
+        command = [sys.executable, "-m", "vq_reward.cli", "score", str(folder), "--server", first.url, "--output",
+                   str(output)]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+    finally:
+        first.stop()
+    written = output.read_bytes()
+    second = Server(changed_copy(tiny, tmp_path), "tiny", tmp_path / "second.log", port=port).wait_ready()
+    try:
+        with pytest.raises(ServerError) as caught:  # (a)
+            scorer.score(images[:2])
+        assert str(caught.value).startswith(f"{first.url} now serves other weights than when this scorer connected")
+        shutil.copy(images[3], folder / "3.png")  # something left to score
+        rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)  # (b)
+        assert rerun.returncode != 0 and "Traceback" not in rerun.stderr, rerun.stderr
+        assert output.read_bytes() == written, rerun.stderr  # nothing of the other weights added
+        again = VisualQualityScorer.from_server(second.url)  # connecting anew takes the new weights, knowingly
+        assert again.backend.fingerprint() != scorer.backend.fingerprint()
+        assert (again.score(images[:2]) - before).abs().max() > 1e-4  # they do score differently
+    finally:
+        second.stop()
+
+
+@vllm_test
+@pytest.mark.slow
+def test_an_api_key_is_asked_for_and_sent(images, tmp_path, monkeypatch):
+    monkeypatch.delenv("VQ_REWARD_API_KEY", raising=False)
+    server = Server(hub.resolve_model("tiny"), "tiny", tmp_path / "serve.log", "--api-key", "k3y").wait_ready()
+    try:
+        with pytest.raises(ServerError, match="answered HTTP 401: it needs an API key"):
+            VisualQualityScorer.from_server(server.url)
+        scores = VisualQualityScorer.from_server(server.url, api_key="k3y").score(images[:2])
+        assert ((scores >= 1) & (scores <= 5)).all()
+        monkeypatch.setenv("VQ_REWARD_API_KEY", "k3y")
+        assert torch.equal(VisualQualityScorer.from_server(server.url).score(images[:2]), scores)
+    finally:
+        server.stop()
+
+
+@vllm_test
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["SIGKILL", "SIGHUP"])
+def test_nothing_outlives_a_launcher_killed_while_vllm_starts(name, tmp_path):
+    # Issue 17.3: killed or hung up once vLLM's engine process exists but before the server is ready.
+    from test_serve_launcher import marked
+
+    mark = str(tmp_path)
+    server = Server(hub.resolve_model("tiny"), "tiny", tmp_path / "serve.log", "--shutdown-timeout", "1",
+                    env={"VQ_REWARD_TEST_MARK": mark})  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while len(marked(mark)) < 4 and time.monotonic() < deadline:  # launcher, watchdog, API server, engine
+            time.sleep(0.2)
+        assert len(marked(mark)) >= 4 and "vLLM pid" not in server.log.read_text(), server.log.read_text()[-3000:]
+        os.kill(server.process.pid, getattr(signal, name))
+        server.process.wait(60)
+        deadline = time.monotonic() + 1 + 5 + 15  # --shutdown-timeout, the watchdog's 5 s, slack
+        while marked(mark) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert marked(mark) == [], server.log.read_text()[-3000:]
+        with socket.socket() as probe:  # nothing serves the port
+            assert probe.connect_ex(("127.0.0.1", server.port)) != 0
+    finally:
+        for pid in marked(mark):
+            os.kill(pid, signal.SIGKILL)
 
 
 @vllm_test
