@@ -1,4 +1,6 @@
 import filecmp
+import os
+import socket
 import subprocess
 import sys
 
@@ -58,3 +60,24 @@ def test_loads_offline_with_stock_classes(tiny_path):
     assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
     assert model.config.text_config.vocab_size == len(AutoProcessor.from_pretrained(tiny_path).tokenizer)
     assert 500_000 < sum(p.numel() for p in model.parameters()) < 1_000_000
+
+
+def test_a_smoke_build_says_what_it_builds_and_clears_what_killed_builds_left(tmp_path, capsys):
+    from vq_reward import hub
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a build killed midway leaves its staging folder, named after its host and PID
+    name = f"tiny-qwen2.5-vl-v{hub.SMOKE_VERSION}"
+    stale = [f"{name}.partial-{gone.pid}", f"{name}.partial-{socket.gethostname()}-{gone.pid}"]  # 0.2's name, ours
+    kept = [f"{name}.partial-{os.getpid()}", f"{name}.partial-other-host-{gone.pid}"]  # a live build; not our host's
+    for folder in stale + kept:
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "config.json").write_text("{}")
+    path = hub.tiny_checkpoint(tmp_path)
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"vq_reward: building the tiny smoke model (random weights, about a second) in {path} (first use only; "
+        "reused after)"
+    ]  # and no progress bars
+    assert sorted(child.name for child in tmp_path.iterdir()) == sorted([name, *kept])
+    assert hub.tiny_checkpoint(tmp_path) == path and capsys.readouterr().err == ""  # built once, then silent

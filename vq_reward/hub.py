@@ -11,12 +11,13 @@ fails within seconds, with one line saying how to download it, when it is not ca
 would take minutes.
 """
 
+import contextlib
 import os
 import re
 import shutil
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -155,7 +156,8 @@ def _cached(path: Path, build: Callable[[Path], Path], what: str) -> Path:
     print(f"vq_reward: building {what} in {path} (first use only; reused after)", file=sys.stderr, flush=True)
     staging = path.with_name(f"{path.name}{_STAGING}{socket.gethostname()}-{os.getpid()}")
     try:
-        build(staging)
+        with _quiet_progress_bars():
+            build(staging)
         staging.rename(path)
     except OSError:
         if not (path / "model.safetensors").exists():
@@ -167,6 +169,20 @@ def _cached(path: Path, build: Callable[[Path], Path], what: str) -> Path:
 
 
 _STAGING = ".partial-"
+
+
+@contextlib.contextmanager
+def _quiet_progress_bars() -> Iterator[None]:
+    """No transformers progress bars (a one-shard "Writing model shards") under the line that says what is built."""
+    from transformers.utils import logging
+
+    enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            logging.enable_progress_bar()
 
 
 def _remove_stale_staging(path: Path) -> None:
