@@ -22,6 +22,9 @@ Paths, each in a fresh process (its own python: memory peaks and warm kernels do
   "Picture 1: " labels, `generate(do_sample=True, top_k=50, top_p=1)`, decode, regex-parse), exactly
   `--answer-tokens` (10) new tokens, the length of "<answer>3.52</answer>": a random model never stops on its own.
   This is the reference every ratio is taken against;
+- ray-readout: the HF scorer in one Ray Serve replica (`vq-reward serve --engine ray`'s application, one GPU),
+  RAY_CLIENTS (4) client threads posting requests of `batch size` images each over HTTP (the project's JSON
+  protocol), both readouts (two rows: ray-first-digit, ray-number); Serve batches the requests' images together;
 - vllm-readout: `score()` with the vLLM backend, both readouts (two rows: vllm-first-digit, vllm-number);
 - vllm-thinking: the thinking prompt, sampled with the official top_k=50, top_p=1, exactly `--thinking-tokens` (256)
   new tokens (`min_tokens` = `max_tokens`, `ignore_eos`), decoded and parsed.
@@ -46,6 +49,7 @@ HF paths in this process. Measured results: benchmarks/README.md.
 
 import argparse
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -61,24 +65,28 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from bench_serving import tree_rss
 from common import REPO, Timing, markdown_table, resident_bytes, synchronize, synthetic_images
 
 
-PATHS = ("hf-first-digit", "hf-number", "hf-generate", "vllm-readout", "vllm-thinking")
+PATHS = ("hf-first-digit", "hf-number", "hf-generate", "ray-readout", "vllm-readout", "vllm-thinking")
 ROWS = {
     "hf-first-digit": ("hf-first-digit",),
     "hf-number": ("hf-number",),
     "hf-generate": ("hf-generate",),
+    "ray-readout": ("ray-first-digit", "ray-number"),
     "vllm-readout": ("vllm-first-digit", "vllm-number"),
     "vllm-thinking": ("vllm-thinking",),
 }
 OFFICIAL = "hf-generate"
-RUN_ORDER = ("hf-generate", "hf-first-digit", "hf-number", "vllm-readout", "vllm-thinking")  # the reference first
+RUN_ORDER = ("hf-generate", "hf-first-digit", "hf-number", "ray-readout", "vllm-readout", "vllm-thinking")
+RAY_CLIENTS = 4  # concurrent client threads of the Ray path, each posting requests of `batch size` images
 # Shares of --time-budget-s. Estimates for the 7B on one H100/H200 (not measured: no GPU run yet): an HF process
 # starts in ~20-30 s (imports, random init of 8.3B parameters on the GPU), a vLLM one in ~60-120 s (dummy weights,
 # memory profiling, torch.compile, CUDA graph capture; less once the compile cache is warm), then 4-8 cells each.
-BUDGET_SHARES = {"hf-generate": 0.18, "hf-first-digit": 0.13, "hf-number": 0.14, "vllm-readout": 0.30,
-                 "vllm-thinking": 0.25}  # fmt: skip
+# The Ray path starts Ray (~10 s) and one replica (an HF process: ~20-30 s), then 4-8 cells (estimate, not run).
+BUDGET_SHARES = {"hf-generate": 0.18, "hf-first-digit": 0.13, "hf-number": 0.14, "ray-readout": 0.16,
+                 "vllm-readout": 0.30, "vllm-thinking": 0.25}  # fmt: skip
 KILL_GRACE_S = 15.0
 
 REAL_MIN_PIXELS, REAL_MAX_PIXELS = 3136, 12845056  # the released Qwen2.5-VL / VisualQuality-R1 checkpoints
@@ -179,6 +187,8 @@ class PeakSampler:
         "nvml": "GPU memory in use, sampled via NVML every 20 ms, above the level at the worker's start (weights, the "
         "fixed KV cache, activations, CUDA graphs and contexts of vLLM's processes)",
         "rss": "peak resident set of the process, sampled every 20 ms (CPU; weights included)",
+        "tree": "peak resident set summed over the process and every process below it (the local Ray instance: "
+        "its replica, HTTP front, proxy, controller and agents), sampled every 20 ms (CPU)",
     }
 
     def __init__(self, kind: str, interval: float = 0.02) -> None:
@@ -188,7 +198,8 @@ class PeakSampler:
         self._base = 0
         if kind == "torch":
             return
-        self._read = resident_bytes if kind == "rss" else _gpu_used_reader()
+        readers = {"rss": resident_bytes, "tree": functools.partial(tree_rss, os.getpid())}
+        self._read = readers[kind] if kind in readers else _gpu_used_reader()
         if kind == "nvml":
             self._base = self._read()
         self._peak = self._read()
@@ -318,14 +329,14 @@ class TokenizerIdsOnly:
         return scores
 
 
-def hf_worker(spec: dict, path: str, emit) -> None:
-    """The HF paths: a random model from the folder's config, built on the device; `emit` gets info and rows."""
+def random_scorer(spec: dict):
+    """The HF scorer of the folder's config with random weights, built on the spec's device (the folder holds no
+    weights); generate() is kept inside the stand-in tokenizer's ids. Also what the Ray path's replica runs."""
     from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig, LogitsProcessorList
 
     from vq_reward.loading import load_processor
     from vq_reward.scorer import VisualQualityScorer
 
-    start = time.perf_counter()
     device = torch.device(spec["device"])
     folder = spec["folder"]
     processor = load_processor(folder)
@@ -342,6 +353,15 @@ def hf_worker(spec: dict, path: str, emit) -> None:
         model.generate = functools.partial(
             model.generate, logits_processor=LogitsProcessorList([TokenizerIdsOnly(vocab)])
         )
+    return scorer
+
+
+def hf_worker(spec: dict, path: str, emit) -> None:
+    """The HF paths: a random model from the folder's config, built on the device; `emit` gets info and rows."""
+    start = time.perf_counter()
+    device = torch.device(spec["device"])
+    scorer = random_scorer(spec)
+    model, vocab = scorer.model, len(scorer.processor.tokenizer)
     images = scorer.prepare(synthetic_images(spec["num_images"], *IMAGE_SIZE))
     answer_tokens = spec["answer_tokens"]
 
@@ -362,7 +382,7 @@ def hf_worker(spec: dict, path: str, emit) -> None:
     memory = PeakSampler("torch" if device.type == "cuda" else "rss")
     emit({"kind": "info", "path": path, "start_s": time.perf_counter() - start, "memory": memory.label,
           "versions": versions(), "parameters": sum(p.numel() for p in model.parameters()),
-          "tokenizer_size": vocab, "model_vocab": config.text_config.vocab_size})  # fmt: skip
+          "tokenizer_size": vocab, "model_vocab": model.config.text_config.vocab_size})  # fmt: skip
     cells = Cells(spec, path, memory, emit)
     for batch_size in spec["batch_sizes"]:
         cells.measure(path, batch_size, functools.partial(run, batch_size=batch_size), images, device)
@@ -429,8 +449,73 @@ def vllm_worker(spec: dict, path: str, emit) -> None:
     memory.close()
 
 
+def ray_worker(spec: dict, path: str, emit) -> None:
+    """The Ray path: `random_scorer` in one Ray Serve replica (`vq-reward serve --engine ray`'s application, a GPU
+    or one CPU), RAY_CLIENTS threads posting requests of `batch size` images (the project's JSON protocol: PNG at
+    the model's size, encoded before timing) for both readouts; `emit` gets info and rows."""
+    import base64
+    import io
+    import json
+    import socket
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vq_reward.images import resize_for_model
+    from vq_reward.loading import load_processor
+    from vq_reward.serving import launcher
+    from vq_reward.serving.ray_app import ServeConfig
+
+    start = time.perf_counter()
+    gpu = spec["device"] == "cuda"
+    memory = PeakSampler("nvml" if gpu else "tree")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    config = ServeConfig(model=spec["folder"], name="random", device=spec["device"],
+                         build=functools.partial(random_scorer, spec), max_batch_size=max(spec["batch_sizes"]),
+                         batch_wait_s=0.01)  # fmt: skip
+    run = launcher.start_ray(None, num_gpus=1 if gpu else 0)
+    try:
+        environment = {"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO / "benchmarks"), str(REPO)])}}
+        actor = {"num_gpus": 1 if gpu else 0, "num_cpus": 1, "runtime_env": environment}
+        launcher.deploy(config, {"num_replicas": 1, "ray_actor_options": actor}, "127.0.0.1", port)
+        launcher.wait_healthy(url, max(30.0, spec["deadline"] - time.time()))
+        size = load_processor(spec["folder"]).image_processor.size
+        encoded = []
+        for image in synthetic_images(spec["num_images"], *IMAGE_SIZE):
+            buffer = io.BytesIO()
+            resize_for_model(image, size["shortest_edge"], size["longest_edge"]).save(buffer, "PNG", compress_level=1)
+            encoded.append(base64.b64encode(buffer.getvalue()).decode())
+
+        def post(chunk: list[str], readout: str) -> None:
+            body = json.dumps({"images": chunk, "readout": readout}).encode()
+            with urllib.request.urlopen(urllib.request.Request(url + "/v1/score", data=body), timeout=600) as answer:
+                assert len(json.loads(answer.read())["scores"]) == len(chunk)
+
+        def read(batch: list[str], batch_size: int, readout: str) -> None:
+            chunks = [batch[begin : begin + batch_size] for begin in range(0, len(batch), batch_size)]
+            with ThreadPoolExecutor(RAY_CLIENTS) as clients:
+                list(clients.map(functools.partial(post, readout=readout), chunks))
+
+        runs = {f"ray-{name}": functools.partial(read, readout=name) for name in ("first-digit", "number")}
+        for run_one in runs.values():
+            run_one(encoded[:1], 1)
+        emit({"kind": "info", "path": path, "start_s": time.perf_counter() - start, "memory": memory.label,
+              "versions": versions(), "engine": {"clients": RAY_CLIENTS, "batch_wait_s": config.batch_wait_s,
+                                                 "max_batch_size": config.max_batch_size}})  # fmt: skip
+        cells = Cells(spec, path, memory, emit)
+        for batch_size in spec["batch_sizes"]:
+            for name, run_one in runs.items():
+                cells.measure(name, batch_size, functools.partial(run_one, batch_size=batch_size), encoded)
+    finally:
+        memory.close()
+        launcher.stop(run, config.app_name)
+
+
 def worker_main(spec: dict, path: str, emit) -> None:
-    (vllm_worker if path.startswith("vllm") else hf_worker)(spec, path, emit)
+    workers = {"vllm": vllm_worker, "ray": ray_worker, "hf": hf_worker}
+    workers[path.split("-")[0]](spec, path, emit)
     emit({"kind": "done", "path": path})
 
 
@@ -558,7 +643,11 @@ def run_bench(args, folder: Path, workdir: Path, vllm_python: str | None) -> tup
     }  # fmt: skip
     end = time.time() + args.time_budget_s
     selected = [path for path in RUN_ORDER if path in args.paths]
-    runnable = [path for path in selected if not path.startswith("vllm") or vllm_python]
+    ray = importlib.util.find_spec("ray") is not None
+    runnable = [path for path in selected if (not path.startswith("vllm") or vllm_python)
+                and (not path.startswith("ray") or ray)]  # fmt: skip
+    if not ray and "ray-readout" in selected:
+        problems.append("ray-readout: Ray is not installed here (pip install 'vq-reward[serve]')")
 
     def on_message(message: dict) -> None:
         if message["kind"] == "info":
@@ -687,7 +776,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--answer-tokens", type=int, default=10, help="tokens hf-generate generates")
     parser.add_argument("--thinking-tokens", type=int, default=256, help="tokens vllm-thinking generates")
-    parser.add_argument("--paths", nargs="+", default=list(PATHS), help="path names, or hf / vllm for a group")
+    parser.add_argument("--paths", nargs="+", default=list(PATHS), help="path names, or hf / ray / vllm for a group")
     parser.add_argument("--time-budget-s", type=float, default=540.0, help="for the whole run (default: 9 minutes)")
     parser.add_argument("--vllm-python", default=None, help="the vLLM env's python ($VQ_REWARD_VLLM_PYTHON, else "
                         "this interpreter)")  # fmt: skip
@@ -708,11 +797,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.size, args.batch_sizes, args.num_images, args.repeats = "tiny", [1, 2], 4, 1
         args.answer_tokens, args.thinking_tokens, args.in_process = 2, 8, not args.fresh_processes
-    groups = {"hf": [p for p in PATHS if p.startswith("hf")], "vllm": [p for p in PATHS if p.startswith("vllm")]}
+    groups = {name: [p for p in PATHS if p.startswith(name)] for name in ("hf", "ray", "vllm")}
     args.paths = [p for name in args.paths for p in groups.get(name, [name])]
     unknown = sorted(set(args.paths) - set(PATHS))
     if unknown:
-        parser.error(f"unknown paths {unknown}; choose from {list(PATHS)} or hf / vllm")
+        parser.error(f"unknown paths {unknown}; choose from {list(PATHS)} or hf / ray / vllm")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.dtype == "auto":

@@ -257,6 +257,8 @@ def server_command(args: argparse.Namespace) -> VllmLaunch:
 
 def run_serve(args: argparse.Namespace) -> int:
     if args.engine == "ray":
+        if not args.address:  # on a cluster the HTTP proxy listens on the head node, maybe not this machine
+            _check_port_free(args.host, args.port)
         return serve_ray.run(args)
     _check_vllm(args.python)
     _check_port_free(args.host, args.port)

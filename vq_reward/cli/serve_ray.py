@@ -94,11 +94,7 @@ def add_arguments(serve: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Start (or connect to) Ray, deploy, print the URL once healthy, and stop everything on a signal."""
     if args.autoscale:
-        _autoscale_range(args.autoscale)  # what can be checked in a moment fails first, before Ray starts
-    if not args.address:
-        from vq_reward.cli.serve import _check_port_free
-
-        _check_port_free(args.host, args.port)
+        _autoscale_range(args.autoscale)  # what can be checked in a moment fails first (the port: cli.serve)
     from vq_reward.hub import canonical_name, resolve_model
 
     model = resolve_model(args.model, args.revision)

@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,8 @@ class ServeConfig:
         request_timeout_s: a request still unscored after this long gets a 504.
         max_body_bytes: larger request bodies get a 413.
         api_key: when set, every route but /health needs the header `Authorization: Bearer KEY` (else 401).
+        build: a function that returns the scorer instead of `from_pretrained(model, ...)` (benchmarks: random
+            weights from a config); it runs in each replica, so it must pickle (a module-level function).
     """
 
     model: str
@@ -65,6 +68,7 @@ class ServeConfig:
     request_timeout_s: float = 120.0
     max_body_bytes: int = 256 << 20
     api_key: str | None = None
+    build: Callable[[], Any] | None = None
 
 
 FIGURES = ("scores", "std", "probs", "digit_mass", "dot_mass")
@@ -81,9 +85,9 @@ class ScorerReplica:
 
         torch.set_num_threads(config.threads)
         dtype = getattr(torch, config.dtype) if config.dtype else None
-        self.scorer = VisualQualityScorer.from_pretrained(
+        self.scorer = config.build() if config.build else VisualQualityScorer.from_pretrained(
             config.model, device=config.device, dtype=dtype, **dict(config.scorer)
-        )
+        )  # fmt: skip
         self.fingerprint = self.scorer.backend.fingerprint()
         self.config = config
         self._one.set_max_batch_size(config.max_batch_size)
