@@ -1,5 +1,9 @@
-"""Q-Insight learning benchmark: does GRPO with the degradation reward teach the tiny random Qwen2.5-VL to name the
+"""Q-Insight learning benchmark: does GRPO with the degradation reward teach a smoke Qwen2.5-VL to name the
 distortion and its severity, on CPU, in N steps?
+
+The start (`--model`): "base" (default; the taught architecture's hand-set perception and routing, taught only the
+VisualQuality-R1 answer format, nothing about distortions; its vision tower is frozen, as it is set by hand) or
+"tiny" (random weights, trained whole: the contrast).
 
 Data: synthetic degradations (noise, compression i.e. JPEG, blur, darken at the five severities "slight" ..
 "catastrophic", plus the clean crop as "null"/"null") of 112x112 crops of the left half of six sample photos
@@ -50,7 +54,7 @@ from transformers import TrainerCallback
 from vq_reward import VisualQualityScorer
 from vq_reward.data.rows import write_jsonl
 from vq_reward.distortions import CLEAN_CLASS, DISTORTIONS
-from vq_reward.hub import tiny_checkpoint
+from vq_reward.hub import resolve_model
 from vq_reward.train.grpo import main as train
 
 
@@ -125,7 +129,9 @@ class CurveCallback(TrainerCallback):
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("base", "tiny"), default="base", help="start: base (default) or tiny")
     parser.add_argument("--steps", type=int, default=600, help="GRPO steps (4 rows x G=8 each)")
+    parser.add_argument("--minutes", type=float, default=None, help="also stop after this many minutes of training")
     parser.add_argument("--output", default="runs/bench_qinsight")
     parser.add_argument("--train-crops", type=int, default=12, help="crops per training photo")
     parser.add_argument("--curve-every", type=int, default=100, help="steps between held-out evaluations")
@@ -163,8 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
     write_jsonl(train_rows, out / "data" / "train.jsonl")
     print(f"{len(train_rows)} training rows, {len(held_rows)} held-out images ({CROP}x{CROP} crops)")
 
-    # Before: the random checkpoint, read as a user would.
-    checkpoint = tiny_checkpoint()
+    # Before: the start checkpoint, read as a user would.
+    checkpoint = resolve_model(args.model)
     scorer = VisualQualityScorer.from_pretrained(checkpoint)
     before = held_out_accuracy(scorer, held_rows)
     print("held-out before:", json.dumps({k: v if isinstance(v, str) else round(v, 3) for k, v in before.items()}))
@@ -175,7 +181,9 @@ def main(argv: list[str] | None = None) -> dict:
         ["--config", str(REPO / "train" / "recipes" / "qinsight_tiny_cpu.yaml"), "--model_name_or_path",
          str(checkpoint), "--train_files", str(out / "data" / "train.jsonl"), "--output_dir", str(out / "model"),
          "--reward_funcs", "degradation", "--max_steps", str(args.steps), "--learning_rate", str(args.learning_rate),
-         "--beta", str(args.beta), "--logging_steps", "10", "--seed", str(args.seed)],
+         "--beta", str(args.beta), "--logging_steps", "10", "--seed", str(args.seed),
+         "--freeze_vision", str(args.model == "base").lower(),  # the base model's vision tower is set by hand
+         *(["--max_train_minutes", str(args.minutes)] if args.minutes else [])],
         callbacks=[curve],
     )  # fmt: skip
     train_minutes = (time.monotonic() - train_start - curve.eval_seconds) / 60
@@ -185,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     after = held_out_accuracy(VisualQualityScorer.from_pretrained(out / "model"), held_rows)
     print("held-out after: ", json.dumps({k: v if isinstance(v, str) else round(v, 3) for k, v in after.items()}))
     summary = {
-        "before": before, "after": after, "chance": chance_levels(held_rows), "steps": steps,
+        "model": args.model, "before": before, "after": after, "chance": chance_levels(held_rows), "steps": steps,
         "train_minutes": train_minutes, "seconds_per_step": train_minutes * 60 / max(steps, 1),
         "wall_minutes": (time.monotonic() - wall_start) / 60, "train_rows": len(train_rows),
         "held_out_images": len(held_rows), "learning_rate": args.learning_rate, "beta": args.beta,
@@ -217,7 +225,8 @@ def plot(summary: dict, path: Path) -> None:
     axis.axhline(summary["chance"]["class"], color="grey", linewidth=0.6, label="class chance (most frequent)")
     axis.set_xlabel("GRPO step (4 rows x G=8)")
     axis.set_ylabel("accuracy / reward")
-    axis.set_title(f"Q-Insight degradation GRPO, tiny random Qwen2.5-VL, CPU: {summary['steps']} steps")
+    axis.set_title(f"Q-Insight degradation GRPO from the {summary.get('model', 'tiny')} smoke model, CPU: "
+                   f"{summary['steps']} steps")  # fmt: skip
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)

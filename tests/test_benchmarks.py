@@ -130,8 +130,14 @@ def test_bench_learning_quick(load_script, tmp_path, capsys):
     summary = bench.main(["--quick", "--output", str(tmp_path)])
     out = capsys.readouterr().out
     assert "held-out SRCC before:" in out and "held-out SRCC after:" in out
-    assert summary["steps"] == 2 and set(summary["after"]) == {"all", "blur", "darken"}
-    assert summary["train_images"] == 6 * 11 and (tmp_path / "curve.png").exists()
+    assert summary["model"] == "base" and summary["steps"] == 2
+    assert set(summary["after"]) == {"all", "right", "unseen"} | {f"{s}/{k}" for s in ("right", "unseen")
+                                                                   for k in ("blur", "darken")}  # fmt: skip
+    assert summary["train_images"] == 6 * 11 + 8 * 2  # left-half crops x (clean + 2 kinds x 5) + procedural x 2
+    assert summary["held_out_images"] == {"right": 6 * 11, "unseen": 2 * 11}
+    assert 0 <= summary["parse_rate"]["after"] <= 1 and summary["parse_rate"]["before"] == 1.0  # base: the format
+    assert (tmp_path / "curve.png").exists() and (tmp_path / "curve_steps.png").exists()
+    assert (tmp_path / "model" / "model.safetensors").exists()  # the trained checkpoint, loadable
     assert (tmp_path / "data" / "train" / "labels.txt").exists()  # written by make_distorted_set
 
 
@@ -143,6 +149,7 @@ def test_bench_qinsight_quick(load_script, tmp_path, capsys):
     assert "held-out before:" in out and "held-out after:" in out
     assert summary["steps"] == 2 and summary["train_rows"] == 6 * 21 and summary["held_out_images"] == 8 * 21
     assert 0 <= summary["after"]["class"] <= 1 and (tmp_path / "curve.png").exists()
+    assert summary["model"] == "base"
 
 
 # -- bench_gpu.py ----------------------------------------------------------------------------------------------------
