@@ -272,6 +272,17 @@ def statistics_row(name: str, run: dict, last: int = 5) -> list:
     return [name, *(f"{np.mean([point[key] for point in tail]):.3f}" for key in STATISTICS)]
 
 
+def rounded(value: object) -> object:
+    """Every float of a JSON-able value to 5 significant digits (the figures are not that precise anyway)."""
+    if isinstance(value, float):
+        return float(f"{value:.5g}")
+    if isinstance(value, dict):
+        return {key: rounded(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [rounded(item) for item in value]
+    return value
+
+
 def plot(summary: dict, folder: Path) -> None:
     import matplotlib
 
@@ -291,7 +302,7 @@ def plot(summary: dict, folder: Path) -> None:
             axes[row, column].set_xlabel("step")
         axes[row, 0].legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(folder / "curves.png", dpi=100)
+    figure.savefig(folder / "curves.png", dpi=80)
     plt.close(figure)
 
     figure, axes = plt.subplots(1, len(STATISTICS), figsize=(16, 3.6))
@@ -302,11 +313,12 @@ def plot(summary: dict, folder: Path) -> None:
                 axis.plot(values, linestyle="-" if title == "ReFL" else "--", label=f"{title}: {name}")
     for axis, statistic in zip(axes, STATISTICS, strict=True):
         axis.axhline(1.0, color="grey", linewidth=0.6)
+        axis.set_yscale("symlog", linthresh=2)  # linear near the threshold, logarithmic for runaway drifts
         axis.set_title(f"{statistic} drift (baseline stds)", fontsize=9)
         axis.set_xlabel("step")
     axes[0].legend(fontsize=6)
     figure.tight_layout()
-    figure.savefig(folder / "monitor.png", dpi=100)
+    figure.savefig(folder / "monitor.png", dpi=80)
     plt.close(figure)
 
 
@@ -325,6 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--baseline-steps", type=int, default=5, help="the monitor's baseline")
     parser.add_argument("--crops-per-photo", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--loops", choices=("both", "refl", "grpo"), default="both", help="which loops to run")
     parser.add_argument("--quick", action="store_true", help="a few steps on a few crops (tests)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -345,11 +358,11 @@ def main(argv: list[str] | None = None) -> dict:
         "supervised L1 (reference)": {"supervised": True},
     }
     summary: dict = {"settings": vars(args), "fidelity_weight": FIDELITY_WEIGHT, "refl": {}, "grpo": {}}
-    for name, config in configs.items():
+    for name, config in configs.items() if args.loops != "grpo" else ():
         began = time.perf_counter()
         summary["refl"][name] = refl_run(scorer, config, train, held_out, args)
         print(f"ReFL {name}: {time.perf_counter() - began:.0f} s", flush=True)
-    for scale in (True, False):
+    for scale in (True, False) if args.loops != "refl" else ():
         for mode in ("score", "win-rate"):
             began, name = time.perf_counter(), f"mode={mode}, {'group std' if scale else 'no std'}"
             summary["grpo"][name] = grpo_run(scorer, mode, scale, train, held_out, args)
@@ -359,12 +372,12 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [table_row(f"ReFL {name}", run) for name, run in summary["refl"].items()]
     rows += [table_row(f"policy gradient {name}", run) for name, run in summary["grpo"].items()]
     summary["table"] = common.markdown_table(header, rows, align="lrrrl")
-    first = next(iter(summary["refl"].values()))["steps"][: args.baseline_steps]
+    first = next(iter({**summary["refl"], **summary["grpo"]}.values()))["steps"][: args.baseline_steps]
     baseline = ["inputs (first steps)", *(f"{np.mean([p[key] for p in first]):.3f}" for key in STATISTICS)]
     rows = [baseline, *(statistics_row(f"ReFL {name}", run) for name, run in summary["refl"].items())]
     rows += [statistics_row(f"policy gradient {name}", run) for name, run in summary["grpo"].items()]
     summary["statistics_table"] = common.markdown_table(["training batches", *STATISTICS], rows)
-    (folder / "summary.json").write_text(json.dumps(summary, indent=1))
+    (folder / "summary.json").write_text(json.dumps(rounded(summary)))
     plot(summary, folder)
     print(summary["table"])
     print(summary["statistics_table"])
