@@ -300,7 +300,8 @@ def plot(summary: dict, folder: Path) -> None:
         for column, label in enumerate(("held-out score (taught, 1 view)", "held-out PSNR (dB)", "held-out SSIM")):
             axes[row, column].set_title(f"{title}: {label}", fontsize=9)
             axes[row, column].set_xlabel("step")
-        axes[row, 0].legend(fontsize=7)
+        if runs:
+            axes[row, 0].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(folder / "curves.png", dpi=80)
     plt.close(figure)
