@@ -3,7 +3,9 @@ an address as onto a real cluster, score the Q-Insight style exactly like in-pro
 
 import io
 import pickle
+import shutil
 import socket
+import tempfile
 import urllib.error
 import urllib.request
 
@@ -41,8 +43,10 @@ def test_two_replicas_on_two_nodes_score_qinsight_like_in_process(tiny_path):
     from vq_reward.serving import launcher
     from vq_reward.serving.ray_app import ServeConfig
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=1)
+    folder = tempfile.mkdtemp(prefix="vqr-ray-")  # short: Ray's socket paths live inside it
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                            "temp_dir": folder})  # fmt: skip
+    cluster.add_node(num_cpus=1, temp_dir=folder)
     port = free_port()
     config = ServeConfig(model=str(tiny_path), name="tiny", scorer=(("prompt_style", "q-insight"),))
     run = launcher.start_ray(cluster.address)
@@ -69,3 +73,4 @@ def test_two_replicas_on_two_nodes_score_qinsight_like_in_process(tiny_path):
     finally:
         launcher.stop(run, config.app_name)
         cluster.shutdown()
+        shutil.rmtree(folder, ignore_errors=True)

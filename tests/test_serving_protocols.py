@@ -111,7 +111,7 @@ def test_framework_bodies_decode_png_and_jpeg_and_name_the_bad_image():
     )
     assert [im.size for im in request.images] == [(64, 48), (64, 48)]
     assert list(request.images[0].getdata()) == list(image.getdata())  # PNG: the very pixels
-    with pytest.raises(ProtocolError, match=r"images\[1\] is not a PNG or JPEG or WEBP image"):
+    with pytest.raises(ProtocolError, match=r"images\[1\] is not a PNG, JPEG or WEBP image"):
         framework_request(pickle.dumps({"images": [encoded(image), b"garbage"]}), MB, 10**8, True)
     with pytest.raises(ProtocolError, match=r"images\[0\].*at least 28"):
         framework_request(pickle.dumps({"images": [encoded(noise_image(8, 8))]}), MB, 10**8, True)

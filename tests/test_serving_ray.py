@@ -205,3 +205,20 @@ def test_a_client_with_another_prompt_is_refused(server, images):
     client = VisualQualityScorer.from_server(server, api_key=API_KEY, prompt_style="q-insight")
     with pytest.raises(ServerError, match="prompt differs"):
         client.score(images[:1])
+
+
+def test_a_framework_on_ray_calls_the_deployment_handle(server, scorer, images):
+    """No HTTP: the handle a Ray-based RL framework holds; a bad image fails its own call, not the batch it meets."""
+    from ray import serve
+
+    from vq_reward.images import ImageInputError
+
+    handle = serve.get_deployment_handle("ScorerReplica", app_name="vq-reward")
+    arrays = [np.asarray(image) for image in images]
+    good = [handle.score.remote(arrays, "first-digit") for _ in range(3)]
+    bad = handle.score.remote([arrays[0], np.zeros((4, 4, 3), np.uint8)])
+    expected = scorer.score(images, readout="first-digit").tolist()
+    for response in good:
+        assert [row["scores"] for row in response.result()["rows"]] == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ImageInputError, match="at least 28"):
+        bad.result()

@@ -4,6 +4,9 @@
     vq-reward serve tiny --port 8000 --python ~/.cache/vq_reward/vllm-env-XXXX/bin/python  # CPU, offline smoke
     # elsewhere: VisualQualityScorer.from_server("http://HOST:8000"), or vq-reward score DIR --server URL
 
+`--engine ray` serves the HF scorer on Ray Serve instead (the number readout in one forward, replicas, dynamic
+batching, verl-omni's and Flow-GRPO's protocols): `vq_reward.cli.serve_ray`. What follows is the default engine.
+
 This is a launcher, not a server of our own: it runs `PYTHON -m vllm.entrypoints.openai.api_server` (PYTHON is
 this interpreter unless `--python` names one with vLLM installed) with the checkpoint's pixel budget as
 `--mm-processor-kwargs`, one image per prompt, `--max-logprobs` for the digit ids, prefix caching, a seed, the

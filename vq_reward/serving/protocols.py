@@ -141,14 +141,15 @@ def decode_image(
     """One encoded image to checked RGB pixels, as the scorer would read the same file; `ProtocolError` names it."""
     from vq_reward.images import ImageInputError, image_sources  # torch: the launcher that imports this needs none
 
+    kinds = ", ".join(formats[:-1]) + " or " + formats[-1] if len(formats) > 1 else formats[0]
     if not isinstance(data, bytes):
-        raise ProtocolError(f"{name} is a {type(data).__name__}; send the bytes of a {' or '.join(formats)} file.")
+        raise ProtocolError(f"{name} is a {type(data).__name__}; send the bytes of a {kinds} file.")
     try:
         opened = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as error:
-        raise ProtocolError(f"{name} is not a {' or '.join(formats)} image ({type(error).__name__}).") from None
+        raise ProtocolError(f"{name} is not a {kinds} image ({type(error).__name__}).") from None
     if opened.format not in formats:
-        raise ProtocolError(f"{name} is {opened.format}; this route takes {' or '.join(formats)} images.")
+        raise ProtocolError(f"{name} is {opened.format}; this route takes {kinds} images.")
     try:
         [source] = image_sources(opened, max_input_pixels=max_input_pixels, exif_transpose=exif_transpose)
         return source.load()

@@ -5,8 +5,10 @@ Two deployments:
 - `ScorerReplica` holds one in-process HF scorer (`VisualQualityScorer.from_pretrained`). `score(images, readout)`
   sends each image on its own through `@serve.batch`, so single-image requests from many clients meet in one
   forward (at most `max_batch_size` images, waiting at most `batch_wait_s` for more); the forward runs in a thread,
-  off the replica's event loop. Frameworks already on Ray call it without HTTP:
-  `serve.get_deployment_handle("ScorerReplica", app_name="vq-reward").score.remote([rgb_uint8_hwc, ...])`.
+  off the replica's event loop. Frameworks already on Ray call it without HTTP (each call's images are checked
+  before they join a batch):
+  `serve.get_deployment_handle("ScorerReplica", app_name="vq-reward").score.remote([rgb_uint8_hwc, ...])`, whose
+  `.result()` (or `await`) is `{"fingerprint", "readout", "rows": [{"scores", "std", "probs", ...}, ...]}`.
 - `HttpFront` reads and checks each request on its own (body size, the restricted unpickler, every image decoded)
   before any of it reaches a batch, so one bad request fails alone with a 4xx; it answers in the route's protocol
   (`vq_reward.serving.protocols`), turns a replica that died mid-batch into a 503 that says so (Serve replaces
@@ -108,17 +110,30 @@ class ScorerReplica:
 
         return os.getpid(), ray.get_runtime_context().get_node_id()
 
-    async def score(self, images: list[np.ndarray], readout: str | None = None) -> dict[str, Any]:
-        """Score RGB uint8 HWC arrays: {"fingerprint", "readout", "rows": one dict of figures per image}."""
+    async def score(self, images: list[Any], readout: str | None = None) -> dict[str, Any]:
+        """Score images (RGB uint8 HWC arrays, PIL images, anything `score()` takes but paths): {"fingerprint",
+        "readout", "rows": one dict of figures per image}. Each call's images are checked before they join a batch,
+        so a bad one fails its own call only (`ImageInputError`)."""
         name = readout or self.scorer.readout
-        rows = await asyncio.gather(*(self._one((image, name)) for image in images))
+        if name not in ("number", "first-digit"):
+            raise ValueError(f"readout must be 'number' or 'first-digit', got {name!r}.")
+        checked = await asyncio.to_thread(self._checked, images)
+        rows = await asyncio.gather(*(self._one((image, name)) for image in checked))
         return {"fingerprint": self.fingerprint, "readout": name, "rows": list(rows)}
 
+    def _checked(self, images: list[Any]) -> list[Any]:
+        from vq_reward.images import image_sources
+
+        settings = self.scorer.settings()
+        sources = image_sources(list(images), max_input_pixels=settings["max_input_pixels"],
+                                exif_transpose=settings["exif_transpose"])  # fmt: skip
+        return [source.load() for source in sources]
+
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.05)
-    async def _one(self, items: list[tuple[np.ndarray, str]]) -> list[dict[str, Any]]:
+    async def _one(self, items: list[tuple[Any, str]]) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self._forward, items)
 
-    def _forward(self, items: list[tuple[np.ndarray, str]]) -> list[dict[str, Any]]:
+    def _forward(self, items: list[tuple[Any, str]]) -> list[dict[str, Any]]:
         """One forward per readout among the items; each item's figures as plain floats."""
         rows: list[dict[str, Any]] = [{} for _ in items]
         groups: dict[str, list[int]] = defaultdict(list)
