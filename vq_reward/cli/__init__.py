@@ -15,6 +15,7 @@ import argparse
 import logging
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from typing import NoReturn
 
 from vq_reward.cli import data, evaluate, score, serve
 
@@ -22,7 +23,7 @@ from vq_reward.cli import data, evaluate, score, serve
 class Parser(argparse.ArgumentParser):
     """argparse with one-line usage errors: what is wrong, and where the options are listed."""
 
-    def error(self, message: str) -> None:
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 

@@ -7,6 +7,7 @@ Qwen's order, every digit is its own token as in Qwen's tokenizer, and `<think>`
 Qwen2.5-VL. The taught smoke model (`vq_reward.smoke.taught`) shares its tokenizer, template and image processor.
 """
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -112,8 +113,8 @@ def build_tokenizer() -> Qwen2Tokenizer:
     # Constructed with eos <|endoftext|> so the special tokens keep Qwen's order; eos becomes <|im_end|> after.
     tokenizer = Qwen2Tokenizer(
         vocab=model["vocab"],
-        merges=merges,
-        unk_token=None,
+        merges=merges,  # type: ignore[arg-type]  # annotated str | list[str]; the tokenizers backend takes pairs
+        unk_token=None,  # type: ignore[arg-type]  # annotated str, but None (no unknown token) is what byte-level BPE needs
         bos_token=None,
         eos_token="<|endoftext|>",
         pad_token="<|endoftext|>",
@@ -160,7 +161,7 @@ def smoke_config(tokenizer: Qwen2Tokenizer, text: dict, vision: dict) -> Qwen2_5
     `text` gives hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, num_key_value_heads (head
     dim 32); `vision` gives depth, hidden_size, intermediate_size, num_heads, out_hidden_size.
     """
-    ids = tokenizer.convert_tokens_to_ids
+    ids = functools.partial(token_id, tokenizer)
     return Qwen2_5_VLConfig(
         text_config={
             "vocab_size": len(tokenizer),  # exactly the tokenizer: no id can be sampled that it cannot decode
@@ -197,7 +198,7 @@ def smoke_config(tokenizer: Qwen2Tokenizer, text: dict, vision: dict) -> Qwen2_5
 
 def smoke_generation_config(tokenizer: Qwen2Tokenizer) -> GenerationConfig:
     """Stop at <|im_end|> (or <|endoftext|>), pad with <|endoftext|>; no sampling defaults of its own."""
-    ids = tokenizer.convert_tokens_to_ids
+    ids = functools.partial(token_id, tokenizer)
     return GenerationConfig(
         eos_token_id=[ids("<|im_end|>"), ids("<|endoftext|>")],
         pad_token_id=ids("<|endoftext|>"),
@@ -215,3 +216,11 @@ def _build_model(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLForConditionalGeneratio
     torch.random.set_rng_state(generator_state)
     model.generation_config = smoke_generation_config(tokenizer)
     return model
+
+
+def token_id(tokenizer: Qwen2Tokenizer, token: str) -> int:
+    """The id of one token (the tokenizer's own call also takes and returns lists)."""
+    value = tokenizer.convert_tokens_to_ids(token)
+    if not isinstance(value, int):
+        raise TypeError(f"{token!r} has no single id in this tokenizer ({value!r}).")
+    return value
