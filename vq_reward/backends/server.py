@@ -80,6 +80,7 @@ from vq_reward.readout import (
     branch_continuations,
     branch_token_ids,
     details_from_branches,
+    token_inputs,
 )
 
 
@@ -282,7 +283,7 @@ class ServerBackend:
         for image in images:
             url = png_data_url(image)
             server = next(self._turn) % len(self.urls)  # all branches of an image on one server: its caches hit
-            expected = self._image_prompt(prompt, image)
+            expected = self._image_prompt(request, image)
             for branch, text in zip(branches, texts, strict=True):
                 body = {
                     "model": self.served.name,
@@ -310,7 +311,6 @@ class ServerBackend:
                 "only; generate() and thinking mode need a vLLM server (vq-reward serve MODEL --engine vllm)."
             )
         sampling = sampling_settings(settings)
-        prompt = prompt_ids(self.processor, request)
         jobs = []
         for image in images:
             body = {
@@ -322,7 +322,7 @@ class ServerBackend:
                 "return_token_ids": True,
                 **sampling,
             }
-            jobs.append((next(self._turn) % len(self.urls), body, self._image_prompt(prompt, image)))
+            jobs.append((next(self._turn) % len(self.urls), body, self._image_prompt(request, image)))
         choices = [response["choices"][0] for response in self._run(jobs)]
         if any(choice.get("token_ids") is None for choice in choices):  # not vLLM's extension: the server's text
             return [choice["message"]["content"] or "" for choice in choices]
@@ -456,14 +456,11 @@ class ServerBackend:
             )
         return text
 
-    def _image_prompt(self, prompt: list[int], image: Image.Image) -> list[int]:
+    def _image_prompt(self, request: Request, image: Image.Image) -> list[int]:
         """The prompt's ids with its image pad expanded to the image's token count, as the server must see them."""
-        image_processor = self.processor.image_processor
-        side = image_processor.patch_size * image_processor.merge_size
-        pad = int(self.processor.image_token_id)
-        count = (image.height // side) * (image.width // side)
-        at = prompt.index(pad)
-        return prompt[:at] + [pad] * count + prompt[at + 1 :]
+        patch = self.processor.image_processor.patch_size
+        grid = torch.tensor([[1, image.height // patch, image.width // patch]])
+        return token_inputs(self.processor, [request.text + request.answer_prefix], grid)["input_ids"][0].tolist()
 
     # -- HTTP ----------------------------------------------------------------------------------------------------
 
