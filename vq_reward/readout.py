@@ -339,30 +339,43 @@ def token_logprobs(
     Only these K values and each position's normaliser are computed from the logits, `LOGITS_PER_CHUNK` at a time
     (see the module docstring). Works under autograd (the differentiable reward).
     """
-    if tree is None:
-        body, _ = qwen_parts(model)
-        hidden = body(**inputs, use_cache=False).last_hidden_state[:, -1:]
-    else:
-        hidden = _tree_hidden(model, inputs, tree)
-    head = qwen_parts(model)[1]
+    return _read_ids(qwen_parts(model)[1], _hidden_states(model, inputs, tree), ids, temperature)
+
+
+def _hidden_states(
+    model: PreTrainedModel, inputs: Mapping[str, torch.Tensor], tree: AnswerTree | None
+) -> torch.Tensor:
+    if tree is not None:
+        return _tree_hidden(model, inputs, tree)
+    body, _ = qwen_parts(model)
+    return body(**inputs, use_cache=False).last_hidden_state[:, -1:]
+
+
+def _read_ids(
+    head: torch.nn.Module, hidden: torch.Tensor, ids: Sequence[int], temperature: float = 1.0, normalise: bool = True
+) -> torch.Tensor:
+    """The lm_head's values of `ids` `(N, P, K)` at hidden states `(N, P, hidden)`, chunk by chunk: log-probabilities,
+    or with `normalise=False` the logits (for a softmax over `ids` alone, which needs no normaliser)."""
     rows = hidden.flatten(0, 1)
     step = max(1, LOGITS_PER_CHUNK // int(head.out_features))
     wanted = torch.tensor(list(ids), device=hidden.device)
     parts = []
     for chunk in rows.split(step):
         if torch.is_grad_enabled():  # keep no chunk's logits for the backward pass: recompute them there
-            parts.append(checkpoint(_read_chunk, head, chunk, wanted, temperature, use_reentrant=False))
+            parts.append(checkpoint(_read_chunk, head, chunk, wanted, temperature, normalise, use_reentrant=False))
         else:
-            parts.append(_read_chunk(head, chunk, wanted, temperature))
+            parts.append(_read_chunk(head, chunk, wanted, temperature, normalise))
     return torch.cat(parts).unflatten(0, hidden.shape[:2])
 
 
-def _read_chunk(head: torch.nn.Module, hidden: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
+def _read_chunk(
+    head: torch.nn.Module, hidden: torch.Tensor, ids: torch.Tensor, temperature: float, normalise: bool
+) -> torch.Tensor:
     logits = head(hidden)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     if temperature != 1.0:
         logits = logits / temperature
-    return logits[:, ids] - logits.logsumexp(-1, keepdim=True)
+    return logits.log_softmax(-1)[:, ids] if normalise else logits[:, ids]
 
 
 _ROUTING_LOCK = threading.Lock()
@@ -481,7 +494,8 @@ def details_from_branches(logprobs: torch.Tensor, tokens: NumberTokens, readout:
 
     Args:
         logprobs: `(N, B, 11)` full-vocabulary log-probabilities of `branch_token_ids(tokens)` at the position after
-            each of the `B` continuations of `branch_continuations(tokens, readout)`, for N images.
+            each of the `B` continuations of `branch_continuations(tokens, readout)`, for N images. After "d1." and
+            "d1.d2" (continuations 5..48) only their softmax over the decimals is used, so logits do as well.
     """
     ids = branch_token_ids(tokens)
     first = [ids.index(t) for t in tokens.first]
@@ -559,5 +573,12 @@ def read_scores(
     if readout == "number":
         tree, paths = AnswerTree.from_sequences(branch_continuations(tokens, "number")[1:])
         positions = [0] + [path[-1] + 1 for path in paths]  # where the token after each branch is read
-        return details_from_branches(token_logprobs(model, inputs, ids, tree)[:, positions], tokens, readout)
+        hidden = _hidden_states(model, inputs, tree)[:, positions]
+        head = qwen_parts(model)[1]
+        # The first digits and "." need full-vocabulary log-probabilities (digit_mass, dot_mass); the decimals, read
+        # at the other 44 positions, only their softmax among themselves: no normaliser over the vocabulary there.
+        logprobs = torch.cat(
+            [_read_ids(head, hidden[:, :5], ids), _read_ids(head, hidden[:, 5:], ids, normalise=False)], 1
+        )
+        return details_from_branches(logprobs, tokens, readout)
     raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}.")
