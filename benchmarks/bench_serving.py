@@ -149,6 +149,7 @@ def in_process_rows(model: str, images: list, repeats: int) -> list[Row]:
             os.getpid(),
         )  # fmt: skip
         rows.append(Row("in-process", readout, "", f"{len(images)} (batches of 32)", "1", timing, latencies, peak))
+        print(f"[in-process] {readout}: {timing.rate_text()} img/s", flush=True)
     return rows
 
 
@@ -209,13 +210,15 @@ def vllm_rows(model: str, images: list, python: str, repeats: int) -> list[Row]:
             line = server.stdout.readline()
             if not line and server.poll() is not None:
                 raise RuntimeError(f"vq-reward serve --python {python} exited with {server.returncode}")
-        client = VisualQualityScorer.from_server(f"http://127.0.0.1:{port}")
+        # 8 images per call: the number readout queues 49 requests per image, and each must end within the timeout
+        client = VisualQualityScorer.from_server(f"http://127.0.0.1:{port}", timeout=600)
         for readout in ("number", "first-digit"):
             timing, latencies, peak = timed_passes(
-                [images], functools.partial(client.score, batch_size=32, readout=readout), 1, repeats,
+                [images], functools.partial(client.score, batch_size=8, readout=readout), 1, repeats,
                 len(images), server.pid,
             )  # fmt: skip
-            rows.append(Row("vllm server", readout, "1", "32 per call", "1", timing, latencies, peak))
+            rows.append(Row("vllm server", readout, "1", f"{len(images)} (batches of 8)", "1", timing, latencies,
+                            peak))  # fmt: skip
             print(f"[vllm] {readout}: {timing.rate_text(2)} img/s", flush=True)
     finally:
         server.terminate()
@@ -257,6 +260,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--batch-wait-ms", type=float, default=50.0)
     parser.add_argument("--vllm-python", default=os.environ.get("VQ_REWARD_VLLM_PYTHON"),
                         help="a vLLM environment's python for the vLLM server rows (skipped without one)")  # fmt: skip
+    parser.add_argument("--vllm-images", type=int, default=16, help="images of the vLLM rows (the number readout "
+                        "is slow there)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="8 small images, 1 replica, 1 and 8 per request, 1 pass")
     args = parser.parse_args(argv)
     size = (512, 384)
@@ -272,18 +277,26 @@ def main(argv: list[str] | None = None) -> list[Row]:
     images = VisualQualityScorer.from_pretrained(args.model).prepare(synthetic_images(args.num_images, *size))
     files = [png_bytes(image) for image in images]
     print(f"images at the model's size {images[0].size}, PNG {statistics.mean(map(len, files)) / 1024:.0f} KiB each")
-    rows = in_process_rows(args.model, images, args.repeats)
     grid = [(per_request, clients) for per_request in args.per_request for clients in args.clients]
-    for replicas in args.replicas:
-        rows += ray_rows(args.model, files, replicas, args.threads, grid, args.repeats, args.batch_wait_ms / 1000)
-    skipped = "no --vllm-python (or VQ_REWARD_VLLM_PYTHON): vLLM server rows skipped"
+    sections = [("in-process", functools.partial(in_process_rows, args.model, images, args.repeats))]
+    sections += [(f"ray x{replicas}", functools.partial(ray_rows, args.model, files, replicas, args.threads, grid,
+                                                        args.repeats, args.batch_wait_ms / 1000))
+                 for replicas in args.replicas]  # fmt: skip
+    problems = [] if args.vllm_python else ["no --vllm-python (or VQ_REWARD_VLLM_PYTHON): vLLM server rows skipped"]
     if args.vllm_python:
-        rows += vllm_rows(args.model, images, args.vllm_python, args.repeats)
-        skipped = ""
+        sections.append(("vllm", functools.partial(vllm_rows, args.model, images[: args.vllm_images],
+                                                   args.vllm_python, args.repeats)))  # fmt: skip
+    rows: list[Row] = []
+    for name, section in sections:  # a failing section is reported, the others still run
+        try:
+            rows += section()
+        except Exception as error:  # noqa: BLE001 - the benchmark reports every failure and goes on
+            problems.append(f"{name} failed: {type(error).__name__}: {' '.join(str(error).split())[:300]}")
+            print(f"[{name}] {problems[-1]}", flush=True)
     print()
     print(format_table(rows))
-    if skipped:
-        print(f"\n- {skipped}")
+    for problem in problems:
+        print(f"\n- {problem}")
     print(f"\nwall time {time.time() - started:.0f} s; repo {REPO.name}")
     return rows
 
