@@ -2,7 +2,7 @@
 
 Generators exploit quality rewards in recognisable ways: over-sharpening and invented texture, over-saturation and
 clipped highlights, grid artifacts. The monitor tracks the reward beside statistics that such hacking moves and that
-the reward model does not compute itself (pure numpy, about a millisecond per 224x224 image):
+the reward model does not compute itself (pure numpy, a few milliseconds per 224x224 image):
 
 | statistic | what it is | hacking moves it |
 |---|---|---|
@@ -60,7 +60,7 @@ _BLOCK = 8  # JPEG's block size: grid artifacts of generators and codecs repeat 
 
 
 def image_statistics(images: "np.ndarray | torch.Tensor | Sequence[Image.Image]") -> dict[str, np.ndarray]:
-    """Each statistic of `STATISTICS` for each image: `{name: (N,) float64}`.
+    """Each statistic of `STATISTICS` for each image: `{name: (N,) float32}`.
 
     Args:
         images: float torch `(N, 3, H, W)` in [0, 1], numpy `(N, H, W, 3)` uint8 or float in [0, 1], or a list of
@@ -176,17 +176,20 @@ def _blockiness(luminance: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _float_nhwc_batches(images: "np.ndarray | torch.Tensor | Sequence[Image.Image]") -> list[np.ndarray]:
-    """Float64 `(n, H, W, 3)` arrays in [0, 1]: the batch itself, or one per PIL image (they may differ in size)."""
+    """Float32 `(n, H, W, 3)` arrays in [0, 1] (half the time of float64, and precise enough): the batch itself, or
+    one per PIL image (they may differ in size)."""
     if isinstance(images, torch.Tensor):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(
                 f"images has shape {tuple(images.shape)}; the monitor takes torch (N, 3, H, W) in [0, 1]."
             )
-        return [images.detach().double().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()]
+        return [images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()]
     if isinstance(images, np.ndarray):
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(
                 f"images has shape {images.shape}; the monitor takes numpy (N, H, W, 3), uint8 or [0, 1]."
             )
-        return [images / 255.0 if images.dtype == np.uint8 else np.clip(images.astype(np.float64), 0, 1)]
-    return [np.asarray(image.convert("RGB"), dtype=np.float64)[None] / 255.0 for image in images]
+        if images.dtype == np.uint8:
+            return [images.astype(np.float32) / np.float32(255)]
+        return [np.clip(images.astype(np.float32), 0, 1)]
+    return [np.asarray(image.convert("RGB"), dtype=np.float32)[None] / np.float32(255) for image in images]
