@@ -2,7 +2,7 @@
 
 Generators exploit quality rewards in recognisable ways: over-sharpening and invented texture, over-saturation and
 clipped highlights, grid artifacts. The monitor tracks the reward beside statistics that such hacking moves and that
-the reward model does not compute itself (pure numpy, a few milliseconds per 224x224 image):
+the reward model does not compute itself (pure numpy; measured 14 ms per 224x224 image on a shared, busy core):
 
 | statistic | what it is | hacking moves it |
 |---|---|---|
