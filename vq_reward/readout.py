@@ -32,11 +32,12 @@ import contextlib
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from PIL import Image
 from torch.utils.checkpoint import checkpoint
-from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
+from transformers import BatchFeature, PretrainedConfig, PreTrainedModel, ProcessorMixin
 
 
 FIRST_DIGITS = ("1", "2", "3", "4", "5")
@@ -87,7 +88,8 @@ def token_inputs(processor: ProcessorMixin, texts: Sequence[str], image_grid_thw
         ['attention_mask', 'input_ids', 'mm_token_type_ids']
     """
     tokenizer = processor.tokenizer
-    image_token_id = int(processor.image_token_id)
+    qwen = cast(Any, processor)  # a Qwen2.5-VL processor: image_token and image_token_id are its own attributes
+    image_token_id = int(qwen.image_token_id)
     merge_length = int(processor.image_processor.merge_size) ** 2
     pads = [int(grid.prod()) // merge_length for grid in image_grid_thw]
     rows, used = [], 0
@@ -98,12 +100,12 @@ def token_inputs(processor: ProcessorMixin, texts: Sequence[str], image_grid_thw
                 row.append(token)
                 continue
             if used == len(pads):
-                raise ValueError(f"the prompts hold more {processor.image_token} than the {len(pads)} images given.")
+                raise ValueError(f"the prompts hold more {qwen.image_token} than the {len(pads)} images given.")
             row.extend([image_token_id] * pads[used])
             used += 1
         rows.append(row)
     if used != len(pads):
-        raise ValueError(f"{len(pads)} images for {used} {processor.image_token} in the prompts; give one per image.")
+        raise ValueError(f"{len(pads)} images for {used} {qwen.image_token} in the prompts; give one per image.")
     length = max(len(row) for row in rows)
     pad_id = tokenizer.pad_token_id
     input_ids = torch.tensor([[pad_id] * (length - len(row)) + row for row in rows], dtype=torch.long)
@@ -305,7 +307,7 @@ def _tree_hidden(model: PreTrainedModel, inputs: Mapping[str, torch.Tensor], tre
         ],
         dim=1,
     )
-    with _attention_for_4d_masks(body):
+    with _attention_for_4d_masks(body.language_model.config):
         output = body(input_ids=ids, attention_mask=mask[:, None], position_ids=position_ids, use_cache=False, **extra)
     return output.last_hidden_state[:, length - 1 :]
 
@@ -313,12 +315,13 @@ def _tree_hidden(model: PreTrainedModel, inputs: Mapping[str, torch.Tensor], tre
 # -- reading only what a readout uses ------------------------------------------------------------------------------
 
 
-def qwen_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The Qwen2.5-VL body (vision tower and language model, without the lm_head) and the lm_head inside `model`
-    (a plain, PEFT- or DeepSpeed-wrapped `Qwen2_5_VLForConditionalGeneration`); the readouts call these two."""
+def qwen_parts(model: torch.nn.Module) -> tuple[Any, torch.nn.Module]:
+    """The Qwen2.5-VL body (vision tower and language model, without the lm_head; found by its `get_rope_index`)
+    and the lm_head inside `model` (a plain, PEFT- or DeepSpeed-wrapped `Qwen2_5_VLForConditionalGeneration`); the
+    readouts call these two."""
     for module in model.modules():
         body, head = getattr(module, "model", None), getattr(module, "lm_head", None)
-        if hasattr(body, "get_rope_index") and isinstance(head, torch.nn.Module):
+        if body is not None and hasattr(body, "get_rope_index") and isinstance(head, torch.nn.Module):
             return body, head
     raise TypeError(
         f"{type(model).__name__} has no Qwen2.5-VL model inside (no model.get_rope_index and lm_head); it cannot be "
@@ -357,7 +360,7 @@ def _read_ids(
     """The lm_head's values of `ids` `(N, P, K)` at hidden states `(N, P, hidden)`, chunk by chunk: log-probabilities,
     or with `normalise=False` the logits (for a softmax over `ids` alone, which needs no normaliser)."""
     rows = hidden.flatten(0, 1)
-    step = max(1, LOGITS_PER_CHUNK // int(head.out_features))
+    step = max(1, LOGITS_PER_CHUNK // cast(int, head.out_features))  # the vocabulary's size
     wanted = torch.tensor(list(ids), device=hidden.device)
     parts = []
     for chunk in rows.split(step):
@@ -383,11 +386,10 @@ _ROUTED: dict[int, list] = {}  # id(text config) -> [its own attention implement
 
 
 @contextlib.contextmanager
-def _attention_for_4d_masks(body: torch.nn.Module) -> Iterator[None]:
-    """The language model's attention as SDPA while a call with a 4D mask runs, when its own one takes only 2D
-    padding masks (flash-attention and the like); "sdpa" and "eager" are kept. Thread-safe: the last of
-    overlapping calls restores the model's own implementation."""
-    config = body.language_model.config
+def _attention_for_4d_masks(config: PretrainedConfig) -> Iterator[None]:
+    """The language model's attention (its text `config`) as SDPA while a call with a 4D mask runs, when its own one
+    takes only 2D padding masks (flash-attention and the like); "sdpa" and "eager" are kept. Thread-safe: the last
+    of overlapping calls restores the model's own implementation."""
     with _ROUTING_LOCK:
         entry = _ROUTED.get(id(config))
         if entry is None and config._attn_implementation not in ("sdpa", "eager"):
@@ -558,7 +560,7 @@ def generate_texts(
     model: PreTrainedModel, processor: ProcessorMixin, inputs: Mapping[str, torch.Tensor], settings: Mapping
 ) -> list[str]:
     """Generate a completion per row (`settings`: `model.generate` keywords) and decode it without special tokens."""
-    output = model.generate(**inputs, **settings)
+    output = cast(Any, model).generate(**inputs, **settings)  # GenerationMixin's, which PreTrainedModel lacks
     completions = output[:, inputs["input_ids"].shape[1] :]
     return processor.batch_decode(completions, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 

