@@ -3,7 +3,7 @@
 Layers, lowest first (a module may import its own layer and the ones below it, never one above); `LAYERS` below
 is the table, and adding a layer is adding its line there:
 
-    base     images, prompts, parsing, readout, loading, devices, distortions, views   (vq_reward/*.py)
+    base     images, prompts, parsing, readout, loading, devices, distortions, views, scores   (vq_reward/*.py)
     engines  backends/, qinsight, smoke/, hub   the ways a model runs, the smoke models, finding a model by name
                                                 (hub: each backend resolves its own model)
     front    scorer, and the package's own __init__ (its lazy exports reach the scorer)
@@ -37,7 +37,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "vq_reward"
 
 # layer -> the names under vq_reward/ that belong to it, lowest layer first ("" is vq_reward/__init__.py itself)
 LAYERS = {
-    "base": ("images", "prompts", "parsing", "readout", "loading", "devices", "distortions", "views"),
+    "base": ("images", "prompts", "parsing", "readout", "loading", "devices", "distortions", "views", "scores"),
     "engines": ("backends", "qinsight", "smoke", "hub"),
     "front": ("scorer", ""),
     "rewards": ("rewards",),
@@ -380,14 +380,14 @@ def test_package_exports_agree():
 EXPORT_MUTATIONS = {
     "a name left out of __all__": ('    "Rating",\n', "", "Rating: in _EXPORTS, not in __all__"),
     "a table entry pointing at the wrong module": (
-        '"Rating": "vq_reward.scorer"',
+        '"Rating": "vq_reward.scores"',
         '"Rating": "vq_reward.readout"',
         "Rating: vq_reward.readout does not define it",
     ),
     "a TYPE_CHECKING import left out": (
-        "Rating, ScorerRecipe",
-        "ScorerRecipe",
-        "Rating: vq_reward.scorer in _EXPORTS",
+        "NonFiniteScoreError, Rating",
+        "NonFiniteScoreError",
+        "Rating: vq_reward.scores in _EXPORTS",
     ),
 }
 

@@ -17,10 +17,10 @@ __version__ = "0.2.0"
 # public name -> the module that defines it; __all__ and the TYPE_CHECKING block list the same (tests/test_layers.py)
 _EXPORTS = {
     "ImageInputError": "vq_reward.images",
-    "NonFiniteScoreError": "vq_reward.scorer",
+    "NonFiniteScoreError": "vq_reward.scores",
     "ParsedAnswer": "vq_reward.parsing",
     "parse_answer": "vq_reward.parsing",
-    "Rating": "vq_reward.scorer",
+    "Rating": "vq_reward.scores",
     "ScoreDetails": "vq_reward.readout",
     "ScorerRecipe": "vq_reward.scorer",
     "VisualQualityScorer": "vq_reward.scorer",
@@ -42,7 +42,8 @@ if TYPE_CHECKING:
     from vq_reward.images import ImageInputError
     from vq_reward.parsing import ParsedAnswer, parse_answer
     from vq_reward.readout import ScoreDetails
-    from vq_reward.scorer import NonFiniteScoreError, Rating, ScorerRecipe, VisualQualityScorer
+    from vq_reward.scorer import ScorerRecipe, VisualQualityScorer
+    from vq_reward.scores import NonFiniteScoreError, Rating
 
 
 def __getattr__(name: str) -> Any:

@@ -8,11 +8,11 @@ sampling, so an image always gets the same score.
 `generate` is the reference "generate, then parse" path of the official code, and thinking mode, which also
 returns the model's reasoning. The model runs in a backend (`vq_reward.backends`: HF in this process, vLLM, or
 servers), built complete before the scorer gets it. Every score a call returns is a finite number in [1, 5];
-anything else raises `NonFiniteScoreError`, naming the images.
+anything else raises `NonFiniteScoreError`, naming the images (`vq_reward.scores`: what the calls return).
 
-Beside the scorer: the reward adapters (`vq_reward.rewards`; the `as_*` methods are one-line shortcuts to them),
-and the HF backend's own capabilities, which `degradation`, `compare` (the Q-Insight readouts, on prepared and
-batched images), `to`, `offload` and `onload` hand over to it.
+Beside the scorer: the reward adapters (`vq_reward.rewards`, which the `as_*` methods construct), and the HF
+backend's own capabilities, which `degradation`, `compare` (the Q-Insight readouts, on prepared and batched
+images), `to`, `offload` and `onload` hand over to it.
 """
 
 import contextlib
@@ -20,8 +20,8 @@ import inspect
 import os
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import torch
@@ -30,6 +30,7 @@ from transformers import PreTrainedModel, ProcessorMixin
 
 from vq_reward import prompts
 from vq_reward.backends import Backend, BackendSource
+from vq_reward.backends.build import build_backend
 from vq_reward.backends.hf import HFBackend
 from vq_reward.images import (
     MAX_INPUT_PIXELS,
@@ -40,9 +41,17 @@ from vq_reward.images import (
     resize_for_model,
     smart_resize,
 )
-from vq_reward.parsing import parse_answer
 from vq_reward.readout import READOUTS, NumberTokens, Request, ScoreDetails, chat_text
-from vq_reward.views import Views, as_views, pil_view, view_box, view_mixture
+from vq_reward.scores import (
+    NO_REASONING_WARNING,
+    SCORE_RANGE,
+    NonFiniteScoreError,
+    Rating,
+    check_finite,
+    in_input_order,
+    mean_over_views,
+)
+from vq_reward.views import Views, as_views, pil_view, view_box
 
 
 if TYPE_CHECKING:
@@ -50,97 +59,10 @@ if TYPE_CHECKING:
     from vq_reward.rewards import DifferentiableQualityReward, QualityReward, TrlQualityReward
 
 
+# The public names; Rating and NonFiniteScoreError are defined in vq_reward.scores and importable from here too.
+__all__ = ["NonFiniteScoreError", "Rating", "ScorerRecipe", "VisualQualityScorer"]
 T = TypeVar("T")
-NO_REASONING_WARNING = (
-    "generate(thinking=True): the model wrote no <think>...</think> reasoning in some answers, so their "
-    "Rating.reasoning is None. Models not taught to reason (the smoke models 'tiny' and 'taught') never write it; "
-    "a reasoning model that does not may have run out of max_new_tokens."
-)
-
-
-class NonFiniteScoreError(ValueError):
-    """Scores that came out NaN or infinite: never returned as scores.
-
-    Attributes:
-        indices: the positions of those images among the images scored (the caller's list, when each input is one
-            image: a path, a PIL image, an array or tensor of one image).
-        details: `score_details`' figures of the whole call in input order (the other images' scores are finite
-            and usable), or `None`.
-    """
-
-    def __init__(self, message: str, indices: list[int], details: ScoreDetails | None = None) -> None:
-        super().__init__(message)
-        self.indices = indices
-        self.details = details
-
-    def __reduce__(self) -> tuple:
-        return type(self), (str(self), self.indices, self.details)
-
-
-def check_finite(
-    scores: torch.Tensor, names: Sequence[str], backend: str, details: ScoreDetails | None = None
-) -> None:
-    """Raise `NonFiniteScoreError` naming the images (`names`, in the order of `scores`) whose score is not finite."""
-    indices = (~torch.isfinite(scores.detach())).nonzero().flatten().tolist()
-    if not indices:
-        return
-    shown = ", ".join(names[i] for i in indices[:5]) + (f" and {len(indices) - 5} more" if len(indices) > 5 else "")
-    what = "its score is not a finite number" if len(indices) == 1 else (
-        f"{len(indices)} of {len(scores)} scores are not finite numbers")  # fmt: skip
-    raise NonFiniteScoreError(
-        f"{shown}: {what} (NaN or inf). The model's output ({backend} backend) was not finite; likely causes: broken "
-        "weights (e.g. a NaN lm_head), float16 overflow (load with dtype=torch.bfloat16 or torch.float32), or a "
-        "server answering NaN log-probabilities.",
-        indices,
-        details,
-    )
-
-
-@dataclass(frozen=True)
-class Rating:
-    """One generated answer.
-
-    Attributes:
-        score: the parsed score clipped into [1, 5]; `None` when the answer holds no number (never made up).
-        raw_score: the number as the model wrote it, before clipping (e.g. 7.0 or -1.0); `None` likewise.
-        reasoning: the text of the last `<think>` block (thinking mode), else `None`; also `None` when the model
-            wrote no `<think>` block (`generate(thinking=True)` warns then).
-        text: the whole decoded completion.
-    """
-
-    score: float | None
-    raw_score: float | None
-    reasoning: str | None
-    text: str
-
-    @classmethod
-    def from_text(cls, text: str) -> "Rating":
-        """Parse a completion with the VisualQuality-R1 parser and clip its score into [1, 5].
-
-        Example:
-            >>> Rating.from_text("<answer>7</answer>").score
-            5.0
-        """
-        parsed = parse_answer(text)
-        low, high = VisualQualityScorer.score_range
-        score = None if parsed.score is None else min(max(parsed.score, low), high)
-        return cls(score=score, raw_score=parsed.score, reasoning=parsed.reasoning, text=text)
-
-
-def build_backend(source: BackendSource, device: str | torch.device | None = None) -> Backend:
-    """The backend `source` describes; `device` places the HF model (`None`: CUDA when available, else CPU), the
-    vLLM engine and servers place their own."""
-    if source.backend == "hf":
-        return HFBackend.load(source.model, device=device, **source.kwargs)
-    if source.backend == "vllm":
-        from vq_reward.backends.vllm import VllmBackend
-
-        return VllmBackend.load(source.model, **source.kwargs)
-    if source.backend == "server":
-        from vq_reward.backends.server import ServerBackend
-
-        return ServerBackend(**source.kwargs)
-    raise ValueError(f"backend must be 'hf', 'vllm' or 'server', got {source.backend!r}.")
+HF_LOAD_ARGUMENTS = set(inspect.signature(HFBackend.load).parameters) - {"model", "device"}
 
 
 @dataclass(frozen=True)
@@ -205,7 +127,7 @@ class VisualQualityScorer:
         torch.Size([2])
     """
 
-    score_range = (1.0, 5.0)
+    score_range = SCORE_RANGE
     higher_is_better = True
 
     def __init__(
@@ -256,7 +178,7 @@ class VisualQualityScorer:
         self.tokens = NumberTokens.of(self.processor.tokenizer)
         # Reward loops call from worker threads: one batch at a time through the processor and the model.
         self.lock = threading.RLock()
-        self._prompt_cache: dict[tuple, str] = {}
+        self._requests: dict[tuple, Request] = {}
 
     @classmethod
     def from_pretrained(
@@ -265,11 +187,6 @@ class VisualQualityScorer:
         *,
         backend: Literal["hf", "vllm"] = "hf",
         device: str | torch.device | None = None,
-        dtype: torch.dtype | None = None,
-        attn_implementation: str = "sdpa",
-        min_pixels: int | None = None,
-        max_pixels: int | None = None,
-        revision: str | None = None,
         **kwargs: Any,
     ) -> "VisualQualityScorer":
         """Load a checkpoint: "tiny" (the offline smoke model), a local folder, or a Hugging Face hub id.
@@ -281,26 +198,29 @@ class VisualQualityScorer:
                 process (`vq_reward.backends.vllm`; needs vLLM installed), same prompts, pixel budget and readouts.
             device: where the HF model runs; `None`: CUDA when available, else CPU (as `vq-reward score`; the
                 first choice made is logged once). vLLM picks its own devices.
-            dtype: `None` means bfloat16 on CUDA (the checkpoints' own dtype) and float32 elsewhere.
-            attn_implementation: "sdpa" (default, everywhere), "flash_attention_2" (CUDA, `pip install
-                'vq-reward[flash]'`) or "eager".
-            min_pixels / max_pixels: the pixel budget images are resized into; `None` keeps the checkpoint's
-                (3136 / 12845056 for the 7B checkpoints).
-            revision: a hub revision (branch, tag or commit).
-            **kwargs: constructor settings (`question`, `readout`, `batch_size`, ...); with `backend="vllm"` the
-                others are `vllm.LLM` engine arguments (`tensor_parallel_size`, `gpu_memory_utilization`,
-                `max_model_len`, `kv_cache_memory_bytes`, `enable_prefix_caching`, `seed`, `enforce_eager`, ...).
+            **kwargs: constructor settings (`question`, `readout`, `batch_size`, ...), and the backend's loading
+                arguments (`HFBackend.load`, `VllmBackend.load`):
+
+                - `dtype`: `None` (default) means bfloat16 on CUDA (the checkpoints' own dtype), float32 elsewhere;
+                - `attn_implementation` (HF): "sdpa" (default, everywhere), "flash_attention_2" (CUDA, `pip install
+                  'vq-reward[flash]'`) or "eager";
+                - `min_pixels` / `max_pixels`: the pixel budget images are resized into; `None` (default) keeps the
+                  checkpoint's (3136 / 12845056 for the 7B checkpoints);
+                - `revision`: a hub revision (branch, tag or commit);
+                - with `backend="vllm"`, `vllm.LLM` engine arguments (`tensor_parallel_size`,
+                  `gpu_memory_utilization`, `max_model_len`, `kv_cache_memory_bytes`, `enable_prefix_caching`,
+                  `seed`, `enforce_eager`, ...).
         """
-        settings, engine_kwargs = _split_settings(kwargs)
-        if backend not in ("hf", "vllm"):
+        settings, load = _split_settings(kwargs)
+        if backend == "vllm":
+            load.pop("attn_implementation", None)  # HF's attention choice: vLLM picks its own
+        elif backend != "hf":
             raise ValueError(f"backend must be 'hf' or 'vllm' (servers: from_server), got {backend!r}.")
-        if backend == "hf" and engine_kwargs:
+        elif unknown := sorted(set(load) - HF_LOAD_ARGUMENTS):
             raise TypeError(
-                f"from_pretrained() got unexpected keyword arguments {sorted(engine_kwargs)} (engine arguments apply "
-                "to backend='vllm' only)."
+                f"from_pretrained() got unexpected keyword arguments {unknown} (engine arguments apply to "
+                "backend='vllm' only)."
             )
-        load = {"dtype": dtype, "min_pixels": min_pixels, "max_pixels": max_pixels, "revision": revision}
-        load.update({"attn_implementation": attn_implementation} if backend == "hf" else engine_kwargs)
         return cls(build_backend(BackendSource(backend, os.fspath(model_id_or_path), load), device), **settings)
 
     @classmethod
@@ -361,12 +281,7 @@ class VisualQualityScorer:
 
     def settings(self) -> dict[str, Any]:
         """The constructor settings as they are now (changed attributes included), e.g. for a copy."""
-        return {
-            "prompt_style": self.prompt_style, "question": self.question, "system": self.system,
-            "answer_prefix": self.answer_prefix, "readout": self.readout, "batch_size": self.batch_size,
-            "add_vision_id": self.add_vision_id, "max_input_pixels": self.max_input_pixels,
-            "exif_transpose": self.exif_transpose,
-        }  # fmt: skip
+        return {name: getattr(self, name) for name in SETTINGS}
 
     def recipe(self) -> ScorerRecipe:
         """How to load a copy that scores exactly like this scorer (current settings, absolute model path).
@@ -379,12 +294,7 @@ class VisualQualityScorer:
 
     def prompt(self, thinking: bool = False) -> str:
         """The chat-templated prompt (assistant turn opened) for one image; the readouts append `answer_prefix`."""
-        key = (thinking, self.prompt_style, self.question, self.system, self.add_vision_id)
-        if key not in self._prompt_cache:
-            text = prompts.STYLES[self.prompt_style].user_text(self.question, thinking)
-            message = prompts.image_message(text, self.system)
-            self._prompt_cache[key] = chat_text(self.processor, message, add_vision_id=self.add_vision_id)
-        return self._prompt_cache[key]
+        return self.request(thinking).text
 
     def readout_prompt(self) -> str:
         """The text the score readouts read after: the non-thinking prompt plus the forced answer prefix."""
@@ -392,11 +302,13 @@ class VisualQualityScorer:
 
     def request(self, thinking: bool = False, forced: bool = True) -> Request:
         """What a batch asks the model: the chat, its rendered text, and (with `forced`) the answer prefix."""
-        text = prompts.STYLES[self.prompt_style].user_text(self.question, thinking)
-        messages = prompts.image_message(text, self.system)
-        return Request(
-            messages=messages, text=self.prompt(thinking), answer_prefix=self.answer_prefix if forced else ""
-        )
+        key = (thinking, self.prompt_style, self.question, self.system, self.add_vision_id)
+        if key not in self._requests:  # rendering the chat template costs more than a batch's bookkeeping
+            text = prompts.STYLES[self.prompt_style].user_text(self.question, thinking)
+            messages = prompts.image_message(text, self.system)
+            rendered = chat_text(self.processor, messages, add_vision_id=self.add_vision_id)
+            self._requests[key] = Request(messages=messages, text=rendered)
+        return replace(self._requests[key], answer_prefix=self.answer_prefix if forced else "")
 
     def prepare(self, images: Images, input_range: tuple[float, float] = (0.0, 1.0)) -> list[Image.Image]:
         """The canonical form of `images`: RGB PIL images at the size the model sees (see `vq_reward.images`)."""
@@ -458,14 +370,12 @@ class VisualQualityScorer:
         # Each image's views are consecutive; view 0 is the image itself, so views=1 scores exactly the sources.
         scored = [self._view_source(source, k, spec) for source in sources for k in range(spec.count)]
         request = self.request(thinking=False)
-        parts: list[tuple[list[int], ScoreDetails]] = []
-        for indices in self._size_sorted_batches(scored, batch_size):
-            batch = [self._resized(scored[i]) for i in indices]  # decoded one batch at a time
-            with self._backend_lock():
-                parts.append((indices, self.backend.read_scores(request, batch, self.tokens, name)))
-        details = _in_input_order(parts, len(scored), name)
+        parts = self._each_batch(
+            scored, batch_size, lambda batch: self.backend.read_scores(request, batch, self.tokens, name)
+        )
+        details = in_input_order(parts, len(scored), name)
         if spec.count > 1:
-            details = _mean_over_views(details, spec.count)
+            details = mean_over_views(details, spec.count)
         check_finite(details.scores, [source.name for source in sources], self.backend.name, details)
         return details
 
@@ -496,13 +406,8 @@ class VisualQualityScorer:
                                             top_p=top_p, max_new_tokens=max_new_tokens)  # fmt: skip
         sources = self._sources(images, input_range)
         request = self.request(thinking, forced=False)
-
-        def run(indices: list[int]) -> list[str]:
-            batch = [self._resized(sources[i]) for i in indices]
-            with self._backend_lock():
-                return self.backend.generate(request, batch, settings)
-
-        ratings = [Rating.from_text(text) for text in self._in_batches(sources, batch_size, run)]
+        texts = self._each_batch(sources, batch_size, lambda batch: self.backend.generate(request, batch, settings))
+        ratings = [Rating.from_text(text) for text in _in_input_order(texts, len(sources))]
         if thinking and any(rating.reasoning is None for rating in ratings):
             warnings.warn(NO_REASONING_WARNING, stacklevel=2)
         return ratings
@@ -529,15 +434,10 @@ class VisualQualityScorer:
             >>> found.distortion_class in DEGRADATION_CLASSES + ("null",)
             True
         """
-        backend = self.hf_backend()
-        prepared = self.prepare(images)
+        backend, sources = self.hf_backend(), self._sources(images, (0.0, 1.0))
         settings = {**prompts.STYLES["q-insight"].generation_settings(True), **generate_kwargs}
-
-        def run(indices: list[int]) -> "list[Degradation]":
-            with self.lock:
-                return backend.degradation([prepared[i] for i in indices], thinking, settings)
-
-        return self._in_batches(prepared, None, run)
+        found = self._each_batch(sources, None, lambda batch: backend.degradation(batch, thinking, settings))
+        return _in_input_order(found, len(sources))
 
     def compare(
         self, reference: Images, image_a: Images, image_b: Images, thinking: bool = False, **generate_kwargs: Any
@@ -648,58 +548,35 @@ class VisualQualityScorer:
         size = view_box(width, height, index, views).size
         return ImageSource(f"{source.name} view {index}", *size, lambda: pil_view(self._resized(source), index, views))
 
-    def _in_batches(
-        self, items: Sequence[ImageSource | Image.Image], batch_size: int | None, run: Callable[[list[int]], list[T]]
-    ) -> list[T]:
-        """`run` over size-sorted batches of item indices, its results put back in input order."""
-        results: list[Any] = [None] * len(items)
-        for indices in self._size_sorted_batches(items, batch_size):
-            for i, result in zip(indices, run(indices), strict=True):
-                results[i] = result
-        return results
-
-    def _size_sorted_batches(
-        self, images: Sequence[ImageSource | Image.Image], batch_size: int | None
-    ) -> Iterator[list[int]]:
+    def _each_batch(
+        self, sources: Sequence[ImageSource], batch_size: int | None, call: Callable[[list[Image.Image]], T]
+    ) -> list[tuple[list[int], T]]:
+        """`call` on size-sorted batches of `sources` (so batches pad little), each decoded at the model's size only
+        when its turn comes and run under the backend's lock; each result with its images' input positions."""
         size = self.batch_size if batch_size is None else batch_size
         _check_batch_size(size)
-        order = sorted(range(len(images)), key=lambda i: images[i].width * images[i].height, reverse=True)
-        for start in range(0, len(order), size):
-            yield order[start : start + size]
+        order = sorted(range(len(sources)), key=lambda i: sources[i].width * sources[i].height, reverse=True)
+        parts = []
+        for indices in (order[start : start + size] for start in range(0, len(order), size)):
+            batch = [self._resized(sources[i]) for i in indices]
+            with self._backend_lock():
+                parts.append((indices, call(batch)))
+        return parts
 
 
-def _in_input_order(parts: list[tuple[list[int], ScoreDetails]], count: int, name: str) -> ScoreDetails:
-    """Scatter the batches' figures back into input order, as float32 CPU tensors."""
-
-    def gather(field_name: str) -> torch.Tensor:
-        first = getattr(parts[0][1], field_name)
-        out = torch.empty((count, *first.shape[1:]), dtype=torch.float32)
-        for indices, details in parts:
-            out[indices] = getattr(details, field_name).detach().float().cpu()
-        return out
-
-    return ScoreDetails(
-        scores=gather("scores"), std=gather("std"), probs=gather("probs"), digit_mass=gather("digit_mass"),
-        dot_mass=gather("dot_mass") if parts[0][1].dot_mass is not None else None, readout=name,
-    )  # fmt: skip
+def _in_input_order(parts: list[tuple[list[int], list[T]]], count: int) -> list[T]:
+    """The batches' results (each with its input positions) as one list in input order."""
+    placed = {i: result for indices, results in parts for i, result in zip(indices, results, strict=True)}
+    return [placed[i] for i in range(count)]
 
 
-def _mean_over_views(details: ScoreDetails, count: int) -> ScoreDetails:
-    """Each image's `count` consecutive view rows as one mixture: mean score, probs and health; the mixture's std."""
-
-    def mean(values: torch.Tensor) -> torch.Tensor:
-        return values.reshape(-1, count, *values.shape[1:]).mean(dim=1)
-
-    scores, std = view_mixture(details.scores.reshape(-1, count), details.std.reshape(-1, count))
-    dot_mass = None if details.dot_mass is None else mean(details.dot_mass)
-    return ScoreDetails(scores=scores, std=std, probs=mean(details.probs), digit_mass=mean(details.digit_mass),
-                        dot_mass=dot_mass, readout=details.readout)  # fmt: skip
+# The constructor's settings (each kept as the attribute of its name): what `settings()` returns and a recipe carries.
+SETTINGS = tuple(inspect.signature(VisualQualityScorer.__init__).parameters)[3:]  # after self, model, processor
 
 
 def _split_settings(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Keyword arguments split into the constructor's settings and the rest (a backend's engine arguments)."""
-    names = set(inspect.signature(VisualQualityScorer.__init__).parameters) - {"self", "model", "processor"}
-    return ({k: v for k, v in kwargs.items() if k in names}, {k: v for k, v in kwargs.items() if k not in names})
+    """Keyword arguments split into the constructor's settings and the rest (a backend's loading arguments)."""
+    return ({k: v for k, v in kwargs.items() if k in SETTINGS}, {k: v for k, v in kwargs.items() if k not in SETTINGS})
 
 
 def _check_readout(name: str) -> None:

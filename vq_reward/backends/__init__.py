@@ -14,10 +14,10 @@ A backend provides:
 - `fingerprint() -> str`: a short identity of the weights it serves (results files record it);
 - `source() -> BackendSource`: how to build an equal backend in another process (what pickled rewards carry).
 
-`vq_reward.scorer.build_backend(source, device)` builds any of them from a `BackendSource` (beside the scorer, so
-that no backend module imports another). The HF backend alone holds the model in
-this process, so it alone also reads scores with a graph back to the pixels, moves between devices and runs the
-Q-Insight readouts.
+`vq_reward.backends.build.build_backend(source, device)` builds any of them from a `BackendSource` (in a module of
+its own, which this one does not import, so that no backend module imports another). The HF backend alone holds the
+model in this process, so it alone also reads scores with a graph back to the pixels, moves between devices and runs
+the Q-Insight readouts.
 """
 
 from dataclasses import dataclass, field

@@ -9,7 +9,8 @@ import torch
 from vq_reward.images import MIN_SIDE, ImageInputError, check_input_range
 from vq_reward.rewards.pixels import QwenImageLayout, pixel_inputs, resize_to_budget
 from vq_reward.rewards.source import REWARD_NAME, ScorerSource
-from vq_reward.scorer import VisualQualityScorer, check_finite
+from vq_reward.scorer import VisualQualityScorer
+from vq_reward.scores import check_finite
 from vq_reward.views import Views, as_views, tensor_view
 
 
