@@ -273,3 +273,11 @@ def test_a_flash_attention_model_reads_its_tree_with_sdpa(tiny_path):
     assert scorer.model.config.vision_config._attn_implementation == "sdpa"  # untouched
     for details in results.values():
         assert torch.equal(details.scores, expected.scores)
+
+
+def test_an_eager_model_reads_its_tree_as_an_sdpa_one(tiny_path, scorer):
+    eager = VisualQualityScorer.from_pretrained(tiny_path, attn_implementation="eager")
+    assert eager.model.config.text_config._attn_implementation == "eager"
+    images = [noise_image(w, h, seed=60 + i) for i, (w, h) in enumerate(SIZES)]
+    for name in readout.READOUTS:
+        assert (eager.score(images, readout=name) - scorer.score(images, readout=name)).abs().max() < 1e-5, name

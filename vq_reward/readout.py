@@ -285,8 +285,6 @@ def _tree_hidden(model: PreTrainedModel, inputs: Mapping[str, torch.Tensor], tre
     allowed[:, :length, :length] |= torch.eye(length, dtype=torch.bool, device=device)
     allowed[:, length:, :length] = padding[:, None, :]
     allowed[:, length:, length:] = tree.ancestry().to(device)
-    dtype = next(model.parameters()).dtype
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, torch.finfo(dtype).min)
 
     body, _ = qwen_parts(model)
     positions, _ = body.get_rope_index(
@@ -307,7 +305,11 @@ def _tree_hidden(model: PreTrainedModel, inputs: Mapping[str, torch.Tensor], tre
         ],
         dim=1,
     )
-    with _attention_for_4d_masks(body.language_model.config):
+    with _attention_for_4d_masks(body.language_model.config) as attention:
+        mask = allowed  # SDPA takes the booleans as they are; eager adds its mask to the scores
+        if attention == "eager":
+            dtype = next(model.parameters()).dtype
+            mask = torch.zeros_like(allowed, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
         output = body(input_ids=ids, attention_mask=mask[:, None], position_ids=position_ids, use_cache=False, **extra)
     return output.last_hidden_state[:, length - 1 :]
 
@@ -386,10 +388,10 @@ _ROUTED: dict[int, list] = {}  # id(text config) -> [its own attention implement
 
 
 @contextlib.contextmanager
-def _attention_for_4d_masks(config: PretrainedConfig) -> Iterator[None]:
+def _attention_for_4d_masks(config: PretrainedConfig) -> Iterator[str]:
     """The language model's attention (its text `config`) as SDPA while a call with a 4D mask runs, when its own one
-    takes only 2D padding masks (flash-attention and the like); "sdpa" and "eager" are kept. Thread-safe: the last
-    of overlapping calls restores the model's own implementation."""
+    takes only 2D padding masks (flash-attention and the like); "sdpa" and "eager" are kept. Yields the one in use.
+    Thread-safe: the last of overlapping calls restores the model's own implementation."""
     with _ROUTING_LOCK:
         entry = _ROUTED.get(id(config))
         if entry is None and config._attn_implementation not in ("sdpa", "eager"):
@@ -398,7 +400,7 @@ def _attention_for_4d_masks(config: PretrainedConfig) -> Iterator[None]:
         if entry is not None:
             entry[1] += 1
     try:
-        yield
+        yield config._attn_implementation
     finally:
         if entry is not None:
             with _ROUTING_LOCK:
