@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--curve-every", type=int, default=100, help="steps between held-out evaluations")
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--beta", type=float, default=0.05)
+    parser.add_argument("--temperature", type=float, default=1.0, help="rollout temperature; above 1 explores a "
+                        "start sure of one answer (the base model names 'blur' for 91%% of the images)")  # fmt: skip
     parser.add_argument(
         "--held-out-crops",
         type=int,
@@ -181,7 +183,8 @@ def main(argv: list[str] | None = None) -> dict:
         ["--config", str(REPO / "train" / "recipes" / "qinsight_tiny_cpu.yaml"), "--model_name_or_path",
          str(checkpoint), "--train_files", str(out / "data" / "train.jsonl"), "--output_dir", str(out / "model"),
          "--reward_funcs", "degradation", "--max_steps", str(args.steps), "--learning_rate", str(args.learning_rate),
-         "--beta", str(args.beta), "--logging_steps", "10", "--seed", str(args.seed),
+         "--beta", str(args.beta), "--temperature", str(args.temperature), "--logging_steps", "10",
+         "--seed", str(args.seed),
          "--freeze_vision", str(args.model == "base").lower(),  # the base model's vision tower is set by hand
          *(["--max_train_minutes", str(args.minutes)] if args.minutes else [])],
         callbacks=[curve],
@@ -197,6 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
         "train_minutes": train_minutes, "seconds_per_step": train_minutes * 60 / max(steps, 1),
         "wall_minutes": (time.monotonic() - wall_start) / 60, "train_rows": len(train_rows),
         "held_out_images": len(held_rows), "learning_rate": args.learning_rate, "beta": args.beta,
+        "temperature": args.temperature,
         "curve": curve.points,
         "train_reward": [(h["step"], h["rewards/degradation/mean"]) for h in trainer.state.log_history
                          if "rewards/degradation/mean" in h],
