@@ -205,11 +205,11 @@ def vllm_rows(model: str, images: list, python: str, repeats: int) -> list[Row]:
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     rows = []
     try:
-        line = ""
-        while "serves" not in line:
+        line, deadline = "", time.monotonic() + 900
+        while f":{port} serves" not in line:
             line = server.stdout.readline()
-            if not line and server.poll() is not None:
-                raise RuntimeError(f"vq-reward serve --python {python} exited with {server.returncode}")
+            if (not line and server.poll() is not None) or time.monotonic() > deadline:
+                raise RuntimeError(f"vq-reward serve --python {python} did not start (exit code {server.poll()})")
         # 8 images per call: the number readout queues 49 requests per image, and each must end within the timeout
         client = VisualQualityScorer.from_server(f"http://127.0.0.1:{port}", timeout=600)
         for readout in ("number", "first-digit"):
@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--num-images", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads of this process and of each replica")
+    parser.add_argument("--paths", nargs="+", default=["in-process", "ray", "vllm"], help="which rows to run")
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--per-request", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4])
@@ -282,8 +283,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
     sections += [(f"ray x{replicas}", functools.partial(ray_rows, args.model, files, replicas, args.threads, grid,
                                                         args.repeats, args.batch_wait_ms / 1000))
                  for replicas in args.replicas]  # fmt: skip
+    sections = [(name, section) for name, section in sections if name.split()[0] in args.paths]
     problems = [] if args.vllm_python else ["no --vllm-python (or VQ_REWARD_VLLM_PYTHON): vLLM server rows skipped"]
-    if args.vllm_python:
+    if args.vllm_python and "vllm" in args.paths:
         sections.append(("vllm", functools.partial(vllm_rows, args.model, images[: args.vllm_images],
                                                    args.vllm_python, args.repeats)))  # fmt: skip
     rows: list[Row] = []
