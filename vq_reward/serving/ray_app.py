@@ -25,7 +25,7 @@ import os
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 from ray import serve
@@ -74,11 +74,12 @@ class ServeConfig:
 
 
 FIGURES = ("scores", "std", "probs", "digit_mass", "dot_mass")
+Readout = Literal["number", "first-digit"]
+READOUTS = get_args(Readout)
 
 
-@serve.deployment(max_ongoing_requests=256)
-class ScorerReplica:
-    """One HF scorer; its images are batched across requests (see the module docstring)."""
+class Scorer:
+    """One HF scorer; its images are batched across requests (the deployment `ScorerReplica` below)."""
 
     def __init__(self, config: ServeConfig) -> None:
         import torch
@@ -92,8 +93,9 @@ class ScorerReplica:
         )  # fmt: skip
         self.fingerprint = self.scorer.backend.fingerprint()
         self.config = config
-        self._one.set_max_batch_size(config.max_batch_size)
-        self._one.set_batch_wait_timeout_s(config.batch_wait_s)
+        # serve.batch's wrapper has these setters; Ray's type hints do not say so
+        self._one.set_max_batch_size(config.max_batch_size)  # type: ignore[attr-defined]
+        self._one.set_batch_wait_timeout_s(config.batch_wait_s)  # type: ignore[attr-defined]
 
     def identity(self) -> dict[str, Any]:
         """The served identity: name, engine, weights fingerprint, pixel budget and prompt settings."""
@@ -110,12 +112,12 @@ class ScorerReplica:
 
         return os.getpid(), ray.get_runtime_context().get_node_id()
 
-    async def score(self, images: list[Any], readout: str | None = None) -> dict[str, Any]:
+    async def score(self, images: list[Any], readout: Readout | None = None) -> dict[str, Any]:
         """Score images (RGB uint8 HWC arrays, PIL images, anything `score()` takes but paths): {"fingerprint",
         "readout", "rows": one dict of figures per image}. Each call's images are checked before they join a batch,
         so a bad one fails its own call only (`ImageInputError`)."""
         name = readout or self.scorer.readout
-        if name not in ("number", "first-digit"):
+        if name not in READOUTS:
             raise ValueError(f"readout must be 'number' or 'first-digit', got {name!r}.")
         checked = await asyncio.to_thread(self._checked, images)
         rows = await asyncio.gather(*(self._one((image, name)) for image in checked))
@@ -130,13 +132,13 @@ class ScorerReplica:
         return [source.load() for source in sources]
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.05)
-    async def _one(self, items: list[tuple[Any, str]]) -> list[dict[str, Any]]:
+    async def _one(self, items: list[tuple[Any, Readout]]) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self._forward, items)
 
-    def _forward(self, items: list[tuple[Any, str]]) -> list[dict[str, Any]]:
+    def _forward(self, items: list[tuple[Any, Readout]]) -> list[dict[str, Any]]:
         """One forward per readout among the items; each item's figures as plain floats."""
         rows: list[dict[str, Any]] = [{} for _ in items]
-        groups: dict[str, list[int]] = defaultdict(list)
+        groups: dict[Readout, list[int]] = defaultdict(list)
         for index, (_, readout) in enumerate(items):
             groups[readout].append(index)
         for readout, indices in groups.items():
@@ -151,9 +153,8 @@ def _plain(figure: Any, position: int) -> Any:
     return None if figure is None else figure[position].tolist()
 
 
-@serve.deployment(max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0})
-class HttpFront:
-    """The HTTP routes (see the module docstring); decoding and checks happen here, one request at a time."""
+class Front:
+    """The HTTP routes (the deployment `HttpFront` below); decoding and checks happen here, one request at a time."""
 
     def __init__(self, scorer: DeploymentHandle, config: ServeConfig) -> None:
         self.scorer = scorer
@@ -296,6 +297,11 @@ def _error(kind: str, status: int, message: str) -> Response:
     if kind == "project":
         return _json({"error": message}, status)
     return Response(message, status_code=status, media_type="text/plain")
+
+
+# The deployments: Serve runs each class in its own replicas (actors), named as here.
+ScorerReplica = serve.deployment(name="ScorerReplica", max_ongoing_requests=256)(Scorer)
+HttpFront = serve.deployment(name="HttpFront", max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0})(Front)
 
 
 def build_app(config: ServeConfig, scorer_options: dict[str, Any], front_options: dict[str, Any] | None = None) -> Any:
