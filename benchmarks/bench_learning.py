@@ -13,8 +13,9 @@ and every kind x severity 1..5 (plus clean) of 112x112 crops of the left halves 
 crops of the right halves of those photos ("right") and of two photos never trained on ("unseen"). Reported: the
 held-out SRCC of `score()` against the quality label before, at the best curve point and after, overall and per
 distortion kind (each kind ranked together with the clean crops), for each split; the rate at which the model's own
-sampled answers (`generate`, the official decoding) parse, before and after. Writes DIR/model (the trained
-checkpoint, loadable by `from_pretrained`), DIR/summary.json, DIR/curve.png (minutes) and DIR/curve_steps.png.
+sampled answers (`generate`, the official decoding) parse, before and after; the machine's load average at start and
+end (other work on a shared machine slows the steps). Writes DIR/model (the trained checkpoint, loadable by
+`from_pretrained`), DIR/summary.json, DIR/curve.png (minutes) and DIR/curve_steps.png.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_learning.py --minutes 20 --output runs/bench_learning
     OMP_NUM_THREADS=1 python benchmarks/bench_learning.py --model tiny --minutes 20 --output runs/tiny  # contrast
@@ -28,6 +29,7 @@ benchmarks/README.md (curves and figures in results/learning/).
 import argparse
 import copy
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.train_crops, args.held_out_crops, args.kinds, args.procedural = 1, [1, 1], ["darken", "blur"], 8
         args.max_steps, args.curve_every, args.parse_images = 2, 0.0, 8
     out = Path(args.output).resolve()  # rows hold absolute paths (relative ones resolve against the JSONL)
-    wall_start = time.monotonic()
+    wall_start, load_start = time.monotonic(), os.getloadavg()
 
     train_rows, held_rows = make_data(args, out)
     write_jsonl(train_rows, out / "data" / "train.jsonl")
@@ -202,7 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
         "parse_rate": {"before": parse_before, "after": parse_after, "images": min(args.parse_images, len(held_rows))},
         "steps": steps, "train_minutes": train_minutes, "steps_per_second": steps / max(train_minutes * 60, 1e-9),
         "wall_minutes": (time.monotonic() - wall_start) / 60, "train_images": len(train_rows),
-        "held_out_images": counts, "curve": curve.points,
+        "held_out_images": counts, "load_average": {"start": load_start, "end": os.getloadavg()},
+        "curve": curve.points,
         "batch_srcc": [(h["step"], h["fidelity/batch_srcc"]) for h in (trainer.state.log_history if trainer else [])
                        if "fidelity/batch_srcc" in h],
     }  # fmt: skip
