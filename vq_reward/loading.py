@@ -37,6 +37,16 @@ def load_processor(path: str, revision: str | None = None, **budget: int) -> Pro
     return processor
 
 
+def pixel_budget(min_pixels: int | None = None, max_pixels: int | None = None) -> dict[str, int]:
+    """The pixel budget asked for as `load_processor` keywords: only the bounds given (`None` keeps the checkpoint's).
+
+    Example:
+        >>> pixel_budget(None, 50176)
+        {'max_pixels': 50176}
+    """
+    return {key: value for key, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if value}
+
+
 def load_config(path: str, revision: str | None = None) -> PretrainedConfig:
     """The checkpoint's config (the vLLM engine sizes its KV cache from it)."""
     with refusing_custom_code(path):

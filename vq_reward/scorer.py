@@ -39,7 +39,6 @@ from vq_reward.images import (
     check_input_range,
     image_sources,
     resize_for_model,
-    smart_resize,
 )
 from vq_reward.readout import READOUTS, NumberTokens, Request, ScoreDetails, chat_text
 from vq_reward.scores import (
@@ -51,7 +50,7 @@ from vq_reward.scores import (
     in_input_order,
     mean_over_views,
 )
-from vq_reward.views import Views, as_views, pil_view, view_box
+from vq_reward.views import Views, as_views, source_view
 
 
 if TYPE_CHECKING:
@@ -368,7 +367,8 @@ class VisualQualityScorer:
         spec = as_views(views)
         sources = self._sources(images, input_range)
         # Each image's views are consecutive; view 0 is the image itself, so views=1 scores exactly the sources.
-        scored = [self._view_source(source, k, spec) for source in sources for k in range(spec.count)]
+        scored = [source_view(source, k, spec, self.min_pixels, self.max_pixels) for source in sources
+                  for k in range(spec.count)]  # fmt: skip
         request = self.request(thinking=False)
         parts = self._each_batch(
             scored, batch_size, lambda batch: self.backend.read_scores(request, batch, self.tokens, name)
@@ -539,14 +539,6 @@ class VisualQualityScorer:
 
     def _resized(self, source: ImageSource) -> Image.Image:
         return resize_for_model(source.load(), self.min_pixels, self.max_pixels)
-
-    def _view_source(self, source: ImageSource, index: int, views: Views) -> ImageSource:
-        """View `index` of `source`, cut from the image at the model's size; view 0 is `source` itself."""
-        if index == 0:
-            return source
-        height, width = smart_resize(source.height, source.width, self.min_pixels, self.max_pixels)
-        size = view_box(width, height, index, views).size
-        return ImageSource(f"{source.name} view {index}", *size, lambda: pil_view(self._resized(source), index, views))
 
     def _each_batch(
         self, sources: Sequence[ImageSource], batch_size: int | None, call: Callable[[list[Image.Image]], T]

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vq_reward.images import PATCH_FACTOR
+from vq_reward.images import PATCH_FACTOR, ImageSource, resize_for_model, smart_resize
 
 
 # Mixed into every view's seed, so views do not share a random stream with anything else seeded by small integers.
@@ -121,6 +121,28 @@ def pil_view(image: Image.Image, index: int, views: Views = Views()) -> Image.Im
     buffer = io.BytesIO()
     view.convert("RGB").save(buffer, format="JPEG", quality=views.jpeg_quality)
     return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def source_view(source: ImageSource, index: int, views: Views, min_pixels: int, max_pixels: int) -> ImageSource:
+    """View `index` of an image source, cut from the image at the model's size (`min_pixels` / `max_pixels`): sized
+    from the header alone, decoded when loaded (what `score(views=K)` scores); view 0 is `source` itself.
+
+    Example:
+        >>> from vq_reward.images import image_sources
+        >>> [source] = image_sources(torch.rand(3, 168, 224))
+        >>> view = source_view(source, 1, Views(), 3136, 12544)  # a budget below the image: resized first
+        >>> (view.width, view.height) == view.load().size, view.name.endswith(" view 1")
+        (True, True)
+    """
+    if index == 0:
+        return source
+    height, width = smart_resize(source.height, source.width, min_pixels, max_pixels)
+    size = view_box(width, height, index, views).size
+
+    def load() -> Image.Image:
+        return pil_view(resize_for_model(source.load(), min_pixels, max_pixels), index, views)
+
+    return ImageSource(f"{source.name} view {index}", *size, load)
 
 
 def tensor_view(images: torch.Tensor, index: int, views: Views = Views()) -> torch.Tensor:

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, ProcessorMixin
 from vq_reward import devices, qinsight
 from vq_reward.backends import BackendSource
 from vq_reward.hub import resolve_model
-from vq_reward.loading import load_model, load_processor
+from vq_reward.loading import load_model, load_processor, pixel_budget
 from vq_reward.readout import (
     NumberTokens,
     Request,
@@ -72,7 +72,7 @@ class HFBackend:
                 "machine, or use attn_implementation='sdpa'."
             )
         path = resolve_model(model, revision)
-        budget = {key: value for key, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if value}
+        budget = pixel_budget(min_pixels, max_pixels)
         processor = load_processor(path, revision=revision, **budget)
         place = devices.choose_device(device)
         loaded = load_model(

@@ -49,7 +49,7 @@ from transformers import ProcessorMixin
 from vq_reward.backends import BackendSource
 from vq_reward.backends.common import digit_logprobs, prompt_ids, sampling_settings
 from vq_reward.hub import resolve_model
-from vq_reward.loading import load_config, load_processor
+from vq_reward.loading import load_config, load_processor, pixel_budget
 from vq_reward.readout import (
     NumberTokens,
     Request,
@@ -296,7 +296,7 @@ class VllmBackend:
         """Resolve `model` ("tiny", a local folder or a hub id), load its processor with the pixel budget asked for
         (`None`: the checkpoint's), and start the engine (`engine_kwargs` as in the constructor)."""
         path = resolve_model(model, revision)
-        budget = {key: value for key, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if value}
+        budget = pixel_budget(min_pixels, max_pixels)
         return cls(path, load_processor(path, revision=revision, **budget), revision=revision, **engine_kwargs)
 
     def source(self) -> BackendSource:
