@@ -237,6 +237,8 @@ def test_the_prompt_follows_changed_settings(tiny_path):
     scorer.system = "Rate strictly."
     assert "Rate strictly." in scorer.readout_prompt()
     assert not torch.equal(scorer.score(noise_image(64, 64)), before)
+    scorer.answer_prefix = "<answer>4"  # not part of the cached prompt: read on every request
+    assert scorer.request().answer_prefix == "<answer>4" and scorer.request(forced=False).answer_prefix == ""
 
 
 def test_the_constructor_says_that_it_freezes_the_model(scorer):
@@ -260,3 +262,27 @@ def test_a_truncated_weights_file_is_one_line_naming_it_and_the_fix(tiny_path, t
 def test_loading_prints_no_weight_progress_bar(tiny_path, capfd):
     VisualQualityScorer.from_pretrained(tiny_path, device="cpu")
     assert "Loading weights" not in capfd.readouterr().err
+
+
+def test_from_pretrained_routes_each_keyword_to_the_scorer_or_the_backend(tiny_path):
+    scorer = VisualQualityScorer.from_pretrained(
+        tiny_path, readout="first-digit", batch_size=3, max_pixels=56 * 56 * 4, attn_implementation="eager"
+    )
+    assert (scorer.readout, scorer.batch_size, scorer.max_pixels) == ("first-digit", 3, 56 * 56 * 4)
+    assert scorer.recipe().load == {
+        "dtype": None, "attn_implementation": "eager", "revision": None, "max_pixels": 56 * 56 * 4}  # fmt: skip
+    assert scorer.recipe().settings == scorer.settings() and scorer.settings()["readout"] == "first-digit"
+    with pytest.raises(TypeError, match=r"\['tensor_parallel_size'\] \(engine arguments apply to backend='vllm'"):
+        VisualQualityScorer.from_pretrained(tiny_path, tensor_parallel_size=2)
+    with pytest.raises(ValueError, match=r"backend must be 'hf' or 'vllm' \(servers: from_server\), got 'server'"):
+        VisualQualityScorer.from_pretrained(tiny_path, backend="server")
+
+
+def test_the_public_names_keep_their_import_paths():
+    import vq_reward
+    from vq_reward import scorer, scores
+
+    for name in ("Rating", "NonFiniteScoreError"):  # defined in vq_reward.scores, importable from the scorer too
+        assert getattr(scorer, name) is getattr(scores, name) is getattr(vq_reward, name)
+    assert sorted(scorer.__all__) == ["NonFiniteScoreError", "Rating", "ScorerRecipe", "VisualQualityScorer"]
+    assert all(getattr(vq_reward, name) is getattr(scorer, name) for name in scorer.__all__)

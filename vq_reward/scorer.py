@@ -407,7 +407,7 @@ class VisualQualityScorer:
         sources = self._sources(images, input_range)
         request = self.request(thinking, forced=False)
         texts = self._each_batch(sources, batch_size, lambda batch: self.backend.generate(request, batch, settings))
-        ratings = [Rating.from_text(text) for text in _in_input_order(texts, len(sources))]
+        ratings = [Rating.from_text(text) for text in _ordered(texts, len(sources))]
         if thinking and any(rating.reasoning is None for rating in ratings):
             warnings.warn(NO_REASONING_WARNING, stacklevel=2)
         return ratings
@@ -437,7 +437,7 @@ class VisualQualityScorer:
         backend, sources = self.hf_backend(), self._sources(images, (0.0, 1.0))
         settings = {**prompts.STYLES["q-insight"].generation_settings(True), **generate_kwargs}
         found = self._each_batch(sources, None, lambda batch: backend.degradation(batch, thinking, settings))
-        return _in_input_order(found, len(sources))
+        return _ordered(found, len(sources))
 
     def compare(
         self, reference: Images, image_a: Images, image_b: Images, thinking: bool = False, **generate_kwargs: Any
@@ -448,13 +448,12 @@ class VisualQualityScorer:
         in `degradation`, read by the HF backend (`HFBackend.compare`) `batch_size` triples at a time.
         """
         backend = self.hf_backend()
-        columns = [self.prepare(images) for images in (reference, image_a, image_b)]
-        if len({len(column) for column in columns}) != 1:
-            counts = ", ".join(
-                f"{n}: {len(c)}" for n, c in zip(("reference", "image_a", "image_b"), columns, strict=True)
-            )
+        given = {"reference": reference, "image_a": image_a, "image_b": image_b}
+        columns = {name: self.prepare(images) for name, images in given.items()}
+        if len({len(column) for column in columns.values()}) != 1:
+            counts = ", ".join(f"{name}: {len(column)}" for name, column in columns.items())
             raise ValueError(f"compare() needs as many references as A and B images; got {counts}.")
-        triples = [list(triple) for triple in zip(*columns, strict=True)]
+        triples = [list(triple) for triple in zip(*columns.values(), strict=True)]
         settings = {**prompts.STYLES["q-insight"].generation_settings(True), **generate_kwargs}
         results = []
         for start in range(0, len(triples), self.batch_size):
@@ -556,7 +555,7 @@ class VisualQualityScorer:
         return parts
 
 
-def _in_input_order(parts: list[tuple[list[int], list[T]]], count: int) -> list[T]:
+def _ordered(parts: list[tuple[list[int], list[T]]], count: int) -> list[T]:
     """The batches' results (each with its input positions) as one list in input order."""
     placed = {i: result for indices, results in parts for i, result in zip(indices, results, strict=True)}
     return [placed[i] for i in range(count)]
