@@ -32,14 +32,7 @@ from vq_reward import prompts
 from vq_reward.backends import Backend, BackendSource
 from vq_reward.backends.build import build_backend
 from vq_reward.backends.hf import HFBackend
-from vq_reward.images import (
-    MAX_INPUT_PIXELS,
-    Images,
-    ImageSource,
-    check_input_range,
-    image_sources,
-    resize_for_model,
-)
+from vq_reward.images import MAX_INPUT_PIXELS, Images, ImageSource, check_input_range, image_sources, resize_for_model
 from vq_reward.readout import READOUTS, NumberTokens, Request, ScoreDetails, chat_text
 from vq_reward.scores import (
     NO_REASONING_WARNING,
