@@ -11,8 +11,8 @@ from conftest import noise_image
 
 from vq_reward import VisualQualityScorer, devices
 from vq_reward.backends import Backend, BackendSource
-from vq_reward.backends.hf import HFBackend
 from vq_reward.backends.build import build_backend
+from vq_reward.backends.hf import HFBackend
 
 
 def test_the_hf_backend_is_complete_when_loaded(tiny_path):
