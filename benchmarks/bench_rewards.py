@@ -238,7 +238,8 @@ def activation_memory(
     they differ (fast for the narrow "quick" size; at the released widths as slow as `real_products`).
     """
     from vq_reward.hub import tiny_checkpoint
-    from vq_reward.scorer import VisualQualityScorer, load_processor
+    from vq_reward.loading import load_processor
+    from vq_reward.scorer import VisualQualityScorer
 
     text, vision = QUICK_SIZE if size == "quick" else SIZES[size]
     processor = load_processor(

@@ -104,7 +104,8 @@ def test_shape_only_products_count_what_computed_products_do(load_script):
     """The cheap count (products replaced by zeros of the right shape) saves exactly the bytes the real one does."""
     bench = load_script("bench_rewards")
     from vq_reward.hub import tiny_checkpoint
-    from vq_reward.scorer import VisualQualityScorer, load_processor
+    from vq_reward.loading import load_processor
+    from vq_reward.scorer import VisualQualityScorer
 
     processor = load_processor(str(tiny_checkpoint()), min_pixels=3136, max_pixels=12845056)
     text, vision = bench.QUICK_SIZE

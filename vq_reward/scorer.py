@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 # The public names; Rating and NonFiniteScoreError are defined in vq_reward.scores and importable from here too.
 __all__ = ["NonFiniteScoreError", "Rating", "ScorerRecipe", "VisualQualityScorer"]
 T = TypeVar("T")
-HF_LOAD_ARGUMENTS = set(inspect.signature(HFBackend.load).parameters) - {"model", "device"}
 
 
 @dataclass(frozen=True)
@@ -179,6 +178,11 @@ class VisualQualityScorer:
         *,
         backend: Literal["hf", "vllm"] = "hf",
         device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        attn_implementation: str = "sdpa",
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        revision: str | None = None,
         **kwargs: Any,
     ) -> "VisualQualityScorer":
         """Load a checkpoint: "tiny" (the offline smoke model), a local folder, or a Hugging Face hub id.
@@ -190,30 +194,29 @@ class VisualQualityScorer:
                 process (`vq_reward.backends.vllm`; needs vLLM installed), same prompts, pixel budget and readouts.
             device: where the HF model runs; `None`: CUDA when available, else CPU (as `vq-reward score`; the
                 first choice made is logged once). vLLM picks its own devices.
-            **kwargs: constructor settings (`question`, `readout`, `batch_size`, ...), and the backend's loading
-                arguments (`HFBackend.load`, `VllmBackend.load`):
-
-                - `dtype`: `None` (default) means bfloat16 on CUDA (the checkpoints' own dtype), float32 elsewhere;
-                - `attn_implementation` (HF): "sdpa" (default, everywhere), "flash_attention_2" (CUDA, `pip install
-                  'vq-reward[flash]'`) or "eager";
-                - `min_pixels` / `max_pixels`: the pixel budget images are resized into; `None` (default) keeps the
-                  checkpoint's (3136 / 12845056 for the 7B checkpoints);
-                - `revision`: a hub revision (branch, tag or commit);
-                - with `backend="vllm"`, `vllm.LLM` engine arguments (`tensor_parallel_size`,
-                  `gpu_memory_utilization`, `max_model_len`, `kv_cache_memory_bytes`, `enable_prefix_caching`,
-                  `seed`, `enforce_eager`, ...).
+            dtype: `None` means bfloat16 on CUDA (the checkpoints' own dtype) and float32 elsewhere.
+            attn_implementation: "sdpa" (default, everywhere), "flash_attention_2" (CUDA, `pip install
+                'vq-reward[flash]'`; the tree readouts still run the language model on SDPA) or "eager". HF only.
+            min_pixels / max_pixels: the pixel budget images are resized into; `None` keeps the checkpoint's
+                (3136 / 12845056 for the 7B checkpoints).
+            revision: a hub revision (branch, tag or commit).
+            **kwargs: constructor settings (`question`, `readout`, `batch_size`, ...); with `backend="vllm"` the
+                others are `vllm.LLM` engine arguments (`tensor_parallel_size`, `gpu_memory_utilization`,
+                `max_model_len`, `kv_cache_memory_bytes`, `enable_prefix_caching`, `seed`, `enforce_eager`, ...).
         """
-        settings, load = _split_settings(kwargs)
-        if backend == "vllm":
-            load.pop("attn_implementation", None)  # HF's attention choice: vLLM picks its own
-        elif backend != "hf":
+        settings, engine = _split_settings(kwargs)
+        load = {"dtype": dtype, "min_pixels": min_pixels, "max_pixels": max_pixels, "revision": revision}
+        if backend == "hf":
+            if engine:
+                raise TypeError(
+                    f"from_pretrained() got unexpected keyword arguments {sorted(engine)} (engine arguments apply to "
+                    "backend='vllm' only)."
+                )
+            load["attn_implementation"] = attn_implementation
+        elif backend != "vllm":  # vLLM picks its own attention
             raise ValueError(f"backend must be 'hf' or 'vllm' (servers: from_server), got {backend!r}.")
-        elif unknown := sorted(set(load) - HF_LOAD_ARGUMENTS):
-            raise TypeError(
-                f"from_pretrained() got unexpected keyword arguments {unknown} (engine arguments apply to "
-                "backend='vllm' only)."
-            )
-        return cls(build_backend(BackendSource(backend, os.fspath(model_id_or_path), load), device), **settings)
+        return cls(build_backend(BackendSource(backend, os.fspath(model_id_or_path), {**load, **engine}), device),
+                   **settings)  # fmt: skip
 
     @classmethod
     def from_server(cls, url_or_urls: str | Sequence[str], **kwargs: Any) -> "VisualQualityScorer":
