@@ -22,7 +22,8 @@ attention that takes one: with `attn_implementation="flash_attention_2"` (or any
 language model runs the tree call with SDPA, for that call only; the vision tower and every other call keep the
 model's own attention.
 
-What is read (`token_logprobs`): per position only the log-normaliser and the few ids a readout uses. The model
+What is read (`token_logprobs`): per position only the few ids a readout uses and, where it needs it, the
+log-normaliser over the vocabulary (the number readout: at the first digits and "." only). The model
 runs without its lm_head, and the lm_head is applied to the kept positions in chunks of at most `LOGITS_PER_CHUNK`
 logits (recomputed in the backward pass under autograd), so the number readout's 49 positions per image never
 become a (batch, 49, vocabulary) tensor: with Qwen's 152,064-row vocabulary that would be 30 MB per image.
