@@ -205,10 +205,17 @@ def vllm_rows(model: str, images: list, python: str, repeats: int) -> list[Row]:
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     rows = []
     try:
-        line, deadline = "", time.monotonic() + 900
-        while f":{port} serves" not in line:
-            line = server.stdout.readline()
-            if (not line and server.poll() is not None) or time.monotonic() > deadline:
+        ready = threading.Event()
+
+        def drain() -> None:  # read every line, also after the ready one: a full pipe would stall vLLM's logging
+            for line in server.stdout:
+                if f":{port} serves" in line:
+                    ready.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+        deadline = time.monotonic() + 900
+        while not ready.wait(1.0):
+            if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"vq-reward serve --python {python} did not start (exit code {server.poll()})")
         # 8 images per call: the number readout queues 49 requests per image, and each must end within the timeout
         client = VisualQualityScorer.from_server(f"http://127.0.0.1:{port}", timeout=600)
