@@ -277,3 +277,16 @@ def test_bfloat16_scores_stay_within_2e_3_of_float32(skeleton, skeleton_path):
     for name in readout.READOUTS:
         ours, reference = bf16.score(images, readout=name, batch_size=6), skeleton.score(images, readout=name)
         assert ours.dtype == torch.float32 and 0 < (ours - reference).abs().max() < 2e-3, name
+
+
+def test_digit_only_training_suppresses_every_output_row_but_the_digits(skeleton_path):
+    # The output layer has 152,064 rows, the tokenizer 151,665 tokens: rows past the tokenizer must not be sampled.
+    from vq_reward.loading import load_config, load_processor
+    from vq_reward.train.grpo import digit_only_generation
+
+    tokenizer = load_processor(str(skeleton_path)).tokenizer
+    rows = load_config(str(skeleton_path)).get_text_config().vocab_size
+    suppressed = set(digit_only_generation(tokenizer, rows, use_vllm=False)["suppress_tokens"])
+    assert rows == 152064 and len(tokenizer) == 151665
+    assert suppressed == set(range(rows)) - {16, 17, 18, 19, 20} and 152063 in suppressed
+    assert digit_only_generation(tokenizer, rows, use_vllm=True) == {"allowed_token_ids": [16, 17, 18, 19, 20]}

@@ -23,13 +23,13 @@ Any field of `VQScriptArguments`, `GRPOConfig` or `ModelConfig` can be set in th
 
 import os
 import sys
-from typing import cast
+from typing import Any, cast
 
 import torch
 
 from vq_reward.data.rows import SCORE_TASK
 from vq_reward.hub import resolve_model
-from vq_reward.loading import load_model, load_processor
+from vq_reward.loading import load_config, load_model, load_processor
 from vq_reward.readout import NumberTokens
 from vq_reward.train import require_trl
 from vq_reward.train.checkpoints import checkpoint_to_resume, finished_run
@@ -50,6 +50,22 @@ def parse_args(argv: list[str] | None = None) -> tuple[VQScriptArguments, GRPOCo
     """Parse `--config recipe.yaml` plus command-line overrides into the three configs."""
     parser = TrlParser([DataClassType(VQScriptArguments), DataClassType(GRPOConfig), DataClassType(ModelConfig)])
     return cast(tuple[VQScriptArguments, GRPOConfig, ModelConfig], parser.parse_args_and_config(args=argv))
+
+
+def digit_only_generation(tokenizer: Any, vocab_rows: int, use_vllm: bool) -> dict[str, list[int]]:
+    """Generation keywords that sample only "1".."5" (`digit_only`): vLLM's `allowed_token_ids`, or HF's
+    `suppress_tokens` for every other row of the model's output layer (the real checkpoints have 152,064 rows,
+    more than the tokenizer's 151,665 tokens: the rows past it must be suppressed too).
+
+    Example:
+        >>> kwargs = digit_only_generation(scorer.processor.tokenizer, 800, use_vllm=False)
+        >>> len(kwargs["suppress_tokens"])
+        795
+    """
+    digits = set(NumberTokens.of(tokenizer).first)
+    if use_vllm:
+        return {"allowed_token_ids": sorted(digits)}
+    return {"suppress_tokens": [i for i in range(max(vocab_rows, len(tokenizer))) if i not in digits]}
 
 
 def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> QualityGRPOTrainer | None:
@@ -90,12 +106,8 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         original_template = template
         processor.chat_template = with_answer_prefix(template, script_args.answer_prefix)
     if script_args.digit_only:
-        # Sample only "1".."5": every other token is suppressed (vLLM: allowed_token_ids does the same).
-        digits = set(NumberTokens.of(processor.tokenizer).first)
-        if training_args.use_vllm:
-            extra = {"allowed_token_ids": sorted(digits)}
-        else:
-            extra = {"suppress_tokens": [i for i in range(len(processor.tokenizer)) if i not in digits]}
+        rows = load_config(model_path, revision=model_args.model_revision).get_text_config().vocab_size
+        extra = digit_only_generation(processor.tokenizer, rows, training_args.use_vllm)
         given = cast(dict, training_args.generation_kwargs or {})  # transformers parsed a JSON string into a dict
         training_args.generation_kwargs = {**given, **extra}
     closed_set = None
