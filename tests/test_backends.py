@@ -79,3 +79,13 @@ def test_from_pretrained_defaults_to_the_rule(tiny_path, monkeypatch):
     monkeypatch.setattr(devices, "choose_device", lambda device=None: chosen.append(device) or rule(device))
     scorer = VisualQualityScorer.from_pretrained(tiny_path)
     assert chosen == [None] and scorer.device == torch.device("cpu")  # no CUDA here: the rule's answer
+
+
+def test_without_a_dtype_cuda_loads_the_checkpoint_s_own_and_cpu_float32(tiny_path):
+    # On CUDA "auto" keeps what the checkpoint was saved in: bfloat16 for the released 7B, float32 for the smoke
+    # models (the taught model's hand-set front end does not survive bfloat16).
+    from vq_reward.devices import default_dtype
+    from vq_reward.loading import load_model
+
+    assert default_dtype(torch.device("cpu")) == torch.float32 and default_dtype(torch.device("cuda")) == "auto"
+    assert load_model(str(tiny_path), dtype=default_dtype(torch.device("cuda"))).dtype == torch.float32

@@ -31,6 +31,17 @@ def choose_device(device: str | torch.device | None = None) -> torch.device:
     return chosen
 
 
+def default_dtype(device: torch.device) -> torch.dtype | str:
+    """The weights' dtype when none is given: on CUDA the checkpoint's own ("auto": bfloat16 for the released 7B
+    checkpoints, float32 for the smoke models, whose hand-set front end does not survive bfloat16), else float32.
+
+    Example:
+        >>> default_dtype(torch.device("cpu")), default_dtype(torch.device("cuda"))
+        (torch.float32, 'auto')
+    """
+    return "auto" if device.type == "cuda" else torch.float32
+
+
 def offload(model: torch.nn.Module) -> torch.device | None:
     """Move `model` to CPU memory and free its accelerator memory; returns the device it came from (`None` if CPU).
 

@@ -194,7 +194,8 @@ class VisualQualityScorer:
                 process (`vq_reward.backends.vllm`; needs vLLM installed), same prompts, pixel budget and readouts.
             device: where the HF model runs; `None`: CUDA when available, else CPU (as `vq-reward score`; the
                 first choice made is logged once). vLLM picks its own devices.
-            dtype: `None` means bfloat16 on CUDA (the checkpoints' own dtype) and float32 elsewhere.
+            dtype: `None` means the checkpoint's own on CUDA (bfloat16 for the 7B; float32 for the smoke models) and
+                float32 elsewhere.
             attn_implementation: "sdpa" (default, everywhere), "flash_attention_2" (CUDA, `pip install
                 'vq-reward[flash]'`; the tree readouts still run the language model on SDPA) or "eager". HF only.
             min_pixels / max_pixels: the pixel budget images are resized into; `None` keeps the checkpoint's

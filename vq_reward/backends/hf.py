@@ -62,9 +62,9 @@ class HFBackend:
     ) -> "HFBackend":
         """Load a checkpoint ("tiny", a local folder or a hub id) with its processor, frozen, in eval mode.
 
-        `device=None`: CUDA when available, else CPU (`devices.choose_device`). `dtype=None`: bfloat16 on CUDA (the
-        checkpoints' own), float32 elsewhere. `min_pixels` / `max_pixels`: the pixel budget (`None`: the
-        checkpoint's).
+        `device=None`: CUDA when available, else CPU (`devices.choose_device`). `dtype=None`: on CUDA the
+        checkpoint's own (bfloat16 for the 7B), float32 elsewhere (`devices.default_dtype`). `min_pixels` /
+        `max_pixels`: the pixel budget (`None`: the checkpoint's).
         """
         if attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
             raise ImportError(
@@ -78,7 +78,7 @@ class HFBackend:
         loaded = load_model(
             path,
             revision=revision,
-            dtype=dtype or (torch.bfloat16 if place.type == "cuda" else torch.float32),
+            dtype=dtype or devices.default_dtype(place),
             attn_implementation=attn_implementation,
         )
         # `dtype` is recorded as given (None stays None), so a copy loaded on another device gets that device's.

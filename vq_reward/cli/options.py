@@ -52,7 +52,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, backends: bool = False)
         "--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)"
     )
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                        help="weights' dtype (auto: bfloat16 on CUDA, float32 on CPU)")  # fmt: skip
+                        help="weights' dtype (auto: the checkpoint's own on CUDA, bfloat16 for the 7B; float32 on "
+                        "CPU)")  # fmt: skip
     parser.add_argument("--min-pixels", type=positive_int, default=None,
                         help="pixel budget lower bound (default: the checkpoint's, 3136 for the 7B)")  # fmt: skip
     parser.add_argument("--max-pixels", type=positive_int, default=None,
