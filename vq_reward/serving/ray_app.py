@@ -47,7 +47,7 @@ class ServeConfig:
         name: the model id clients see.
         app_name: the Serve application's name.
         device: "cuda" when replicas hold GPUs, else "cpu".
-        dtype: "float32", "bfloat16", "float16" or None (bfloat16 on CUDA, float32 on CPU).
+        dtype: "float32", "bfloat16", "float16" or None (the checkpoint's own on CUDA, float32 on CPU).
         threads: torch threads per replica.
         scorer: `from_pretrained` keywords (readout, prompt_style, min_pixels, max_pixels, revision, ...).
         max_batch_size / batch_wait_s: `@serve.batch`'s limits, in images.
