@@ -116,9 +116,10 @@ def run(args: argparse.Namespace) -> int:
         url = _public_url(args.host, args.port)
         launcher.wait_healthy(_local_url(args.host, args.port), args.startup_timeout)
         signal.alarm(0)
-        replicas = options.get("num_replicas") or f"{args.autoscale} (autoscaled)"
+        low, high = _autoscale_range(args.autoscale) if args.autoscale else (args.replicas, args.replicas)
+        replicas = f"{low} replica{'s' * (low != 1)}" if low == high else f"{low} to {high} replicas, autoscaled"
         print(
-            f"vq-reward serve: {url} serves {config.name} with Ray Serve ({replicas} replicas; ready after "
+            f"vq-reward serve: {url} serves {config.name} with Ray Serve ({replicas}; ready after "
             f"{time.monotonic() - start:.0f} s). Connect with VisualQualityScorer.from_server({url!r}); verl-omni: "
             f"POST {url}/score; Flow-GRPO: POST {url}/",
             flush=True,
