@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vq_reward.smoke.design import design_model, processor_for
+from vq_reward.smoke.design import design_model
 from vq_reward.smoke.procedural import training_images
 from vq_reward.smoke.taught import Recipe, _image_embeddings, _single_thread, _teach
-from vq_reward.smoke.tiny import build_tokenizer
+from vq_reward.smoke.tiny import build_tokenizer, smoke_processor
 
 
 BASE_RECIPE = Recipe(bases=200, variants=4, steps=300, answer_sigma=1.0)
@@ -45,7 +45,7 @@ def build_base_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     with _single_thread(), torch.random.fork_rng(devices=[]):
         tokenizer = build_tokenizer()
-        processor = processor_for(tokenizer)
+        processor = smoke_processor(tokenizer)
         model = design_model(tokenizer, recipe.seed)
         images, _quality = training_images(recipe.bases, recipe.variants, recipe.seed)
         say(f"generated {len(images)} images (for the merger's statistics and as prompts)")

@@ -13,10 +13,7 @@ import torch
 from transformers import (
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLProcessor,
     Qwen2Tokenizer,
-    Qwen2VLImageProcessor,
-    Qwen2VLVideoProcessor,
 )
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
     Qwen2_5_VisionTransformerPretrainedModel,
@@ -28,7 +25,7 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
     Qwen2_5_VLVisionBlock,
 )
 
-from vq_reward.smoke.tiny import CHAT_TEMPLATE, TINY_MAX_PIXELS, TINY_MIN_PIXELS, smoke_config, smoke_generation_config
+from vq_reward.smoke.tiny import smoke_config, smoke_generation_config
 
 
 # Vision tower layout: one channel per role, so the hand-set weights can be read off this table.
@@ -55,15 +52,6 @@ IMAGE_MARK = 20.0  # channel 0 of image tokens; text embeddings are 0 there, so 
 FEATURE_GAIN = 4.0
 ROUTE_LOGIT = 25.0  # attention logit of an image token for head 0 (text tokens: about 0)
 PREV_SCALE = 9.0  # q/k bias scale of the previous-token heads: a logit margin of about 8 over other offsets
-
-
-def processor_for(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLProcessor:
-    return Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS),
-        video_processor=Qwen2VLVideoProcessor(),
-        tokenizer=tokenizer,
-        chat_template=CHAT_TEMPLATE,
-    )
 
 
 def _config(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLConfig:

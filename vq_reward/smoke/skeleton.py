@@ -26,13 +26,10 @@ import torch
 from tokenizers import Tokenizer
 from transformers import (
     Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLProcessor,
     Qwen2Tokenizer,
-    Qwen2VLImageProcessor,
-    Qwen2VLVideoProcessor,
 )
 
-from vq_reward.smoke.tiny import CHAT_TEMPLATE, smoke_config, smoke_generation_config
+from vq_reward.smoke.tiny import smoke_config, smoke_generation_config, smoke_processor
 
 
 QWEN_MIN_PIXELS = 4 * 28 * 28  # 3136: Qwen2.5-VL-7B-Instruct's preprocessor_config.json
@@ -54,12 +51,7 @@ def build_skeleton_checkpoint(path: str | os.PathLike) -> Path:
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = qwen_tokenizer()
-    processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(min_pixels=QWEN_MIN_PIXELS, max_pixels=QWEN_MAX_PIXELS),
-        video_processor=Qwen2VLVideoProcessor(),
-        tokenizer=tokenizer,
-        chat_template=CHAT_TEMPLATE,  # renders what Qwen2.5-VL's renders for every message the project sends
-    )
+    processor = smoke_processor(tokenizer, QWEN_MIN_PIXELS, QWEN_MAX_PIXELS)
     processor.save_pretrained(out)
     _build_model(tokenizer).save_pretrained(out)
     return out

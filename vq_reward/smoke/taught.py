@@ -65,9 +65,9 @@ from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
 
 from vq_reward import prompts
-from vq_reward.smoke.design import FEATURE_CHANNELS, HEAD_DIM, design_model, processor_for, standardise_merger
+from vq_reward.smoke.design import FEATURE_CHANNELS, HEAD_DIM, design_model, standardise_merger
 from vq_reward.smoke.procedural import IMAGE_SIDE, training_images
-from vq_reward.smoke.tiny import build_tokenizer
+from vq_reward.smoke.tiny import build_tokenizer, smoke_processor
 
 
 ANSWER_TEMPLATE = "<answer>{}</answer><|im_end|>"
@@ -110,7 +110,7 @@ def build_taught_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     with _single_thread(), torch.random.fork_rng(devices=[]):
         tokenizer = build_tokenizer()
-        processor = processor_for(tokenizer)
+        processor = smoke_processor(tokenizer)
         model = design_model(tokenizer, recipe.seed)
         images, labels = training_images(recipe.bases, recipe.variants, recipe.seed)
         say(f"generated {len(images)} training images")

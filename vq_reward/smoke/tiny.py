@@ -82,12 +82,7 @@ def build_tiny_checkpoint(path: str | os.PathLike) -> Path:
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-    processor = Qwen2_5_VLProcessor(
-        image_processor=Qwen2VLImageProcessor(min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS),
-        video_processor=Qwen2VLVideoProcessor(),
-        tokenizer=tokenizer,
-        chat_template=CHAT_TEMPLATE,
-    )
+    processor = smoke_processor(tokenizer)
     processor.save_pretrained(out)
     _build_model(tokenizer).save_pretrained(out)
     return out
@@ -224,3 +219,16 @@ def token_id(tokenizer: Qwen2Tokenizer, token: str) -> int:
     if not isinstance(value, int):
         raise TypeError(f"{token!r} has no single id in this tokenizer ({value!r}).")
     return value
+
+
+def smoke_processor(
+    tokenizer: Qwen2Tokenizer, min_pixels: int = TINY_MIN_PIXELS, max_pixels: int = TINY_MAX_PIXELS
+) -> Qwen2_5_VLProcessor:
+    """A smoke checkpoint's processor: Qwen2.5-VL's image processor with the pixel budget given and the chat
+    template that renders what Qwen2.5-VL's renders for every message the project sends."""
+    return Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels),
+        video_processor=Qwen2VLVideoProcessor(),
+        tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATE,
+    )
