@@ -189,7 +189,7 @@ def _layout(model: Qwen2_5_VLForConditionalGeneration, processor: Qwen2_5_VLProc
     n_completion = len(processor.tokenizer.encode(completion, add_special_tokens=False))
     start = len(ids) - n_completion
     tokens = processor.tokenizer.convert_ids_to_tokens(ids[start:].tolist())
-    digits = tuple(i for i, t in enumerate(tokens) if t in ("5", "0"))
+    first, second, third = (i for i, t in enumerate(tokens) if t in ("5", "0"))  # the reference answer "5.00"
     image_positions = (ids == model.config.image_token_id).nonzero()[:, 0]
     with torch.no_grad():
         positions, _ = model.model.get_rope_index(
@@ -200,7 +200,7 @@ def _layout(model: Qwen2_5_VLForConditionalGeneration, processor: Qwen2_5_VLProc
         position_ids=positions,
         image=slice(int(image_positions[0]), int(image_positions[-1]) + 1),
         completion=start,
-        digit_positions=digits,
+        digit_positions=(first, second, third),
     )
 
 
