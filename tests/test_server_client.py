@@ -219,7 +219,7 @@ def test_a_plain_vllm_server_still_works_with_a_note(peers, tiny_path):
 
 
 def test_served_models_fold_each_weights_alias_into_its_model():
-    from vq_reward.backends.server import ServedModel, choose_model, served_models
+    from vq_reward.backends.served import ServedModel, choose_model, served_models
 
     entries = [
         {"id": "a", "root": "/a"},

@@ -16,13 +16,11 @@ whose prefix and multimodal caches make the 48 extra branches cheap. `readout.de
 log-probabilities into a `ScoreDetails` exactly as the other backends do.
 
 What is checked, so that a server never scores with something other than what the HF backend would:
-- the weights, on every request: `vq-reward serve` publishes a fingerprint of the checkpoint's weights as a second
-  served name, `NAME@<fingerprint>`; the client picks it when it connects and names it in every request, so a
-  server restarted with other weights answers 404 and the call fails with one line ("... now serves other weights
-  than when this scorer connected ...") instead of returning the other weights' scores. `fingerprint()` is that
-  weights fingerprint, so `vq-reward score --server URL --output F` does not resume a file started with other
-  weights. A plain vLLM server publishes no fingerprint: it is identified by its model id and root (the path it
-  loaded), and a restart with other weights under the same name and path goes unnoticed (a warning says so);
+- the weights, on every request: the client names the weights alias `vq-reward serve` publishes (`NAME@<fingerprint>`,
+  `backends.served`) in every request, so a server restarted with other weights fails the call with one line instead
+  of returning the other weights' scores. `fingerprint()` is that weights fingerprint, so `vq-reward score --server
+  URL --output F` does not resume a file started with other weights. A plain vLLM server is identified by its model
+  id and root only (a warning says so);
 - at connection: every URL answers `/v1/models` and serves the same model (id, root and weights), the one asked for;
 - the first time a prompt is used: the server's prompt token ids (`return_token_ids`) equal the local ones
   (chat template, answer prefix, branch digits and the image's token count);
@@ -30,47 +28,40 @@ What is checked, so that a server never scores with something other than what th
   resizes the image again and is refused).
 
 Requests run in a thread pool (many in flight; the scorer does not serialise callers of a server backend).
-`timeout` bounds each request's wall time, connecting, sending and reading the answer together (a server or proxy
-that trickles bytes is cut off at the deadline); 429/5xx answers, connection errors and timeouts are retried with
-exponential backoff, each retry on the next server of the list. The defaults suit a training loop: 120 s per
-request (a one-token readout takes well under a second on a GPU; a long thinking generation on a busy server fits)
-and 2 retries, so a stalled server fails a call with a `ServerError` naming its URL after about 6 minutes
-(3 x 120 s + 1.5 s of backoff) instead of hanging.
+The HTTP (keep-alive connections, the per-request `timeout` deadline, retries with backoff across the servers, the
+API key of `vq-reward serve --api-key`, read from `api_key=` or `VQ_REWARD_API_KEY`) is `backends.transport`.
 
 The Ray engine (`vq-reward serve MODEL --engine ray`, `vq_reward.serving`) lists `"engine": "ray"` in
 `/v1/models` and reads the HF scorer in one forward: a batch goes as one `POST /v1/score` per server (lossless PNG
 images at the model's size, the prompt, the weights alias) and every figure of `ScoreDetails` comes back; the
 server refuses another prompt or pixel budget than its own. It serves no generation (thinking mode needs vLLM).
-
-API key. A server started with `vq-reward serve --api-key KEY` (vLLM's `--api-key`) answers 401 without it: pass
-`api_key=`, or set `VQ_REWARD_API_KEY`, which is also where copies of a pickled reward read it (the key itself is
-never part of a backend's `source()`, so it is not written into pickles or checkpoints).
 """
 
-import base64
 import hashlib
-import http.client
-import io
 import itertools
 import json
 import os
-import re
-import socket
 import threading
-import time
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import torch
 from PIL import Image
 from transformers import ProcessorMixin
 
 from vq_reward.backends import BackendSource
-from vq_reward.backends.common import digit_logprobs, prompt_ids, sampling_settings
+from vq_reward.backends.chat import chat_messages, digit_answer, png_data_url, text_parts
+from vq_reward.backends.common import prompt_ids, sampling_settings
+from vq_reward.backends.served import ServedModel, choose_model, connect, served_models
+from vq_reward.backends.transport import (
+    API_KEY_ENV,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    HttpClient,
+    ServerError,
+    normalise_url,
+)
 from vq_reward.hub import resolve_model
 from vq_reward.loading import load_processor
 from vq_reward.readout import (
@@ -84,132 +75,21 @@ from vq_reward.readout import (
 )
 
 
-RETRY_STATUS = (429, 500, 502, 503, 504)
+__all__ = [
+    "API_KEY_ENV",
+    "DEFAULT_RETRIES",
+    "DEFAULT_TIMEOUT",
+    "ServedModel",
+    "ServerBackend",
+    "ServerError",
+    "chat_messages",
+    "choose_model",
+    "normalise_url",
+    "png_data_url",
+    "served_models",
+]
+
 RAY_FIGURES = ("scores", "std", "probs", "digit_mass", "dot_mass")  # the Ray engine's answer: ScoreDetails' figures
-DEFAULT_TIMEOUT = 120.0
-DEFAULT_RETRIES = 2
-API_KEY_ENV = "VQ_REWARD_API_KEY"
-# `vq-reward serve` serves NAME and NAME@<weights fingerprint> (`backends.vllm.weights_fingerprint`: 16 hex digits).
-WEIGHTS_ALIAS = re.compile(r"(?P<name>.+)@(?P<weights>[0-9a-f]{16})")
-
-
-class ServerError(RuntimeError):
-    """A server that cannot be used: down, answering errors, serving another model, or reading differently."""
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    """One model a server lists in `/v1/models`.
-
-    Attributes:
-        id: its served name.
-        root: the path or hub id the server loaded it from.
-        weights: the weights fingerprint its `NAME@<fingerprint>` alias publishes; None on a plain vLLM server.
-        max_model_len: the server's context length, if it says.
-        engine: "vllm", or "ray" for `vq-reward serve --engine ray` (the HF scorer on Ray Serve).
-    """
-
-    id: str
-    root: str | None
-    weights: str | None = None
-    max_model_len: int | None = None
-    engine: str = "vllm"
-
-    @property
-    def name(self) -> str:
-        """The name requests use: the weights alias when there is one, so only these weights ever answer."""
-        return f"{self.id}@{self.weights}" if self.weights else self.id
-
-
-def served_models(entries: list[dict]) -> list[ServedModel]:
-    """The models of a `/v1/models` list, each weights alias folded into the model it names (same root).
-
-    Example:
-        >>> [m.name for m in served_models([{"id": "m", "root": "/m"}, {"id": "m@0123456789abcdef", "root": "/m"}])]
-        ['m@0123456789abcdef']
-    """
-    listed = {(entry["id"], entry.get("root")) for entry in entries}
-    weights, aliases = {}, set()
-    for entry in entries:
-        match = WEIGHTS_ALIAS.fullmatch(entry["id"])
-        if match and (match["name"], entry.get("root")) in listed:
-            weights[(match["name"], entry.get("root"))] = match["weights"]
-            aliases.add(entry["id"])
-    return [
-        ServedModel(
-            entry["id"],
-            entry.get("root"),
-            weights.get((entry["id"], entry.get("root"))),
-            entry.get("max_model_len"),
-            entry.get("engine", "vllm"),
-        )
-        for entry in entries
-        if entry["id"] not in aliases
-    ]
-
-
-def choose_model(models: list[ServedModel], model: str | None, url: str) -> ServedModel:
-    """The model to score with: the only one, or the one `model` names (its id, root or weights alias)."""
-    names = [served.id for served in models]
-    if model is None:
-        if len(models) != 1:
-            raise ServerError(f"{url} serves {len(models)} models ({names}); pass model= the one to score with.")
-        return models[0]
-    pinned = WEIGHTS_ALIAS.fullmatch(model)
-    for served in models:
-        if model in (served.id, served.root, served.name):
-            return served
-        if pinned and served.id == pinned["name"]:
-            raise ServerError(
-                f"{url} serves {served.id!r} with other weights ({served.weights or 'no fingerprint'}) than "
-                f"{model!r} names: it was restarted with another checkpoint. Connect with model={served.id!r} to "
-                "score with the weights it serves now, or restart it with the checkpoint asked for."
-            )
-    raise ServerError(f"{url} serves {names}, not {model!r}; pass model= one of those, or the right URL.")
-
-
-def normalise_url(url: str) -> str:
-    """`http://host:port` from `host:port`, `http://host:port/` or `http://host:port/v1`.
-
-    Example:
-        >>> normalise_url("localhost:8000/v1/")
-        'http://localhost:8000'
-    """
-    text = url.strip().rstrip("/")
-    if "://" not in text:
-        text = "http://" + text
-    if not urlsplit(text).hostname:
-        raise ValueError(f"{url!r} is not a server URL; pass http://HOST:PORT.")
-    return text.removesuffix("/v1")
-
-
-def png_data_url(image: Image.Image) -> str:
-    """A lossless PNG data URL of an RGB image (never JPEG: the server must see the very pixels HF sees).
-
-    Example:
-        >>> png_data_url(Image.new("RGB", (28, 28))).startswith("data:image/png;base64,")
-        True
-    """
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="PNG", compress_level=1)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def chat_messages(request: Request, image_url: str, assistant: str) -> list[dict]:
-    """The request's chat in the OpenAI format: each `{"type": "image"}` part becomes the image URL, and a
-    non-empty `assistant` text is the assistant turn the server continues."""
-    messages = []
-    for message in request.messages:
-        content = message["content"]
-        if isinstance(content, list):
-            content = [
-                {"type": "image_url", "image_url": {"url": image_url}} if part.get("type") == "image" else part
-                for part in content
-            ]
-        messages.append({**message, "content": content})
-    if assistant:
-        messages.append({"role": "assistant", "content": assistant})
-    return messages
 
 
 class ServerBackend:
@@ -250,17 +130,13 @@ class ServerBackend:
         max_workers: int | None = None,
         api_key: str | None = None,
     ) -> None:
-        self.urls = [normalise_url(url) for url in ([urls] if isinstance(urls, str) else list(urls))]
-        if not self.urls:
-            raise ValueError("a server backend needs at least one URL.")
-        if timeout <= 0:
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout}.")
-        self.timeout, self.retries, self.backoff = float(timeout), int(retries), float(backoff)
+        self.http = HttpClient(urls, timeout=timeout, retries=retries, backoff=backoff, api_key=api_key)
+        self.urls, self.timeout, self.retries, self.backoff = (
+            self.http.urls, self.http.timeout, self.http.retries, self.http.backoff
+        )  # fmt: skip
         self.max_workers = max_workers or 32 * len(self.urls)
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
-        self._api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
-        self._local = threading.local()
-        self.served = self._connect(model)
+        self.served = connect(self.http, model)
         self.model_id, self.root, self.max_model_len = self.served.id, self.served.root, self.served.max_model_len
         self.processor, self.processor_source = self._load_processor(processor)
         self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="vq-reward-server")
@@ -300,7 +176,7 @@ class ServerBackend:
                 jobs.append((server, body, expected + list(branch)))
         responses = self._run(jobs)
         servers = [self.urls[server] for server, _, _ in jobs]
-        rows = [_digit_logprobs(response, ids, url) for response, url in zip(responses, servers, strict=True)]
+        rows = [digit_answer(response, ids, url) for response, url in zip(responses, servers, strict=True)]
         logprobs = torch.tensor(rows, dtype=torch.float64).view(len(images), len(branches), len(ids))
         return details_from_branches(logprobs, tokens, readout)
 
@@ -360,7 +236,7 @@ class ServerBackend:
         chunks = [images[start : start + share] for start in range(0, len(images), share)]
         body = {"model": self.served.name, "readout": readout, "prompt": request.text + request.answer_prefix}
         futures = [
-            self._pool.submit(self._post, next(self._turn) % len(self.urls), "/v1/score",
+            self._pool.submit(self.http.post, next(self._turn) % len(self.urls), "/v1/score",
                               {**body, "images": [png_data_url(image).split(",", 1)[1] for image in chunk]})
             for chunk in chunks
         ]  # fmt: skip
@@ -379,45 +255,6 @@ class ServerBackend:
         )  # fmt: skip
 
     # -- connecting ----------------------------------------------------------------------------------------------
-
-    def _connect(self, model: str | None) -> ServedModel:
-        """The model every URL serves, the same one (id, root, weights) everywhere."""
-        served = [(url, choose_model(served_models(self._models(url)), model, url)) for url in self.urls]
-        first = served[0][1]
-        for url, other in served[1:]:
-            if (other.id, other.root, other.weights) != (first.id, first.root, first.weights):
-                raise ServerError(
-                    f"{url} serves {other.name!r} (root {other.root!r}) but {self.urls[0]} serves {first.name!r} "
-                    f"(root {first.root!r}); every URL of a scorer must serve the same model and weights."
-                )
-        if first.weights is None:
-            warnings.warn(
-                f"{self.urls[0]} publishes no weights fingerprint (a plain vLLM server, not vq-reward serve): if it "
-                f"is restarted with other weights under the name {first.id!r}, this scorer cannot tell.",
-                stacklevel=3,
-            )
-        return first
-
-    def _models(self, url: str) -> list[dict]:
-        """`url`'s `/v1/models` list."""
-        try:
-            status, payload = self._http(url, "GET", "/v1/models", None)
-        except (OSError, http.client.HTTPException) as error:
-            raise ServerError(
-                f"{url} does not answer ({type(error).__name__}: {error}); start it with `vq-reward serve MODEL "
-                "--host HOST --port PORT` and pass its URL."
-            ) from None
-        if status in (401, 403):
-            raise self._refused(url, status)
-        if status != 200:
-            raise ServerError(f"{url}/v1/models answered HTTP {status}; is it a vLLM OpenAI-compatible server?")
-        try:
-            models = json.loads(payload)["data"]
-            if not all(isinstance(entry["id"], str) for entry in models):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
-            raise ServerError(f"{url}/v1/models did not answer a model list; is it a vLLM server?") from None
-        return models
 
     def _load_processor(
         self, processor: ProcessorMixin | str | os.PathLike | None
@@ -462,7 +299,7 @@ class ServerBackend:
         grid = torch.tensor([[1, image.height // patch, image.width // patch]])
         return token_inputs(self.processor, [request.text + request.answer_prefix], grid)["input_ids"][0].tolist()
 
-    # -- HTTP ----------------------------------------------------------------------------------------------------
+    # -- requests ----------------------------------------------------------------------------------------------------
 
     def _run(self, jobs: list[tuple[int, dict, list[int]]]) -> list[dict]:
         """Post every job concurrently; the responses in job order. The first failure cancels the rest."""
@@ -476,12 +313,12 @@ class ServerBackend:
         return [future.result() for future in futures]
 
     def _complete(self, server: int, body: dict, expected: list[int]) -> dict:
-        key = (json.dumps(_text_parts(body["messages"])), len(expected))
+        key = (json.dumps(text_parts(body["messages"])), len(expected))
         with self._lock:
             check_ids = key not in self._checked
         if check_ids:
             body = {**body, "return_token_ids": True}
-        url, response = self._post(server, "/v1/chat/completions", body)
+        url, response = self.http.post(server, "/v1/chat/completions", body)
         if check_ids:
             got = response.get("prompt_token_ids")
             if got is not None and got != expected:
@@ -503,165 +340,3 @@ class ServerBackend:
                 "budget."
             )
         return response
-
-    def _post(self, server: int, path: str, body: dict) -> tuple[str, dict]:
-        """POST with retries; each retry goes to the next server of the list. Returns (url, decoded JSON)."""
-        data = json.dumps(body).encode()
-        last = ""
-        for attempt in range(self.retries + 1):
-            url = self.urls[(server + attempt) % len(self.urls)]
-            try:
-                status, payload = self._http(url, "POST", path, data)
-            except TimeoutError:
-                last = f"{url} sent no whole answer within the {self.timeout:g} s timeout"
-            except (OSError, http.client.HTTPException) as error:
-                last = f"{url} does not answer ({type(error).__name__}: {error})"
-            else:
-                if status == 200:
-                    return url, _json(payload, url + path)
-                if status in (401, 403):
-                    raise self._refused(url, status)
-                if status == 404:
-                    raise self._gone(url, payload)
-                last = f"{url}{path} answered HTTP {status}: {_one_line(payload)}"
-                if status not in RETRY_STATUS:
-                    raise ServerError(last)
-            if attempt < self.retries:
-                time.sleep(self.backoff * 2**attempt)
-        raise ServerError(
-            f"{last}; gave up after {self.retries + 1} attempts. Is the server running (vq-reward serve MODEL) and "
-            "reachable from here?"
-        )
-
-    def _refused(self, url: str, status: int) -> ServerError:
-        if self._api_key is None:
-            return ServerError(
-                f"{url} answered HTTP {status}: it needs an API key (it was started with --api-key). Pass "
-                f"from_server(..., api_key=KEY) or set {API_KEY_ENV} (vq-reward score reads the variable)."
-            )
-        return ServerError(
-            f"{url} answered HTTP {status}: it refuses this scorer's API key (from api_key= or {API_KEY_ENV}); "
-            "pass the key the server was started with."
-        )
-
-    def _gone(self, url: str, payload: bytes) -> ServerError:
-        """A 404 on a request naming the served model: the server now serves other weights, or the path is wrong."""
-        try:
-            now = self._models(url)
-        except ServerError:
-            now = []
-        if any(entry["id"] == self.served.name for entry in now):  # still served: a 404 for another reason
-            return ServerError(f"{url} answered HTTP 404: {_one_line(payload)}")
-        return ServerError(
-            f"{url} now serves other weights than when this scorer connected ({self.served.name!r} is gone; it "
-            f"serves {[entry['id'] for entry in now]}): it was restarted with another checkpoint, and no score of "
-            "other weights is returned. Connect again (from_server) to score with the weights it serves now, or "
-            "restart it with the checkpoint this scorer connected to."
-        )
-
-    def _http(self, url: str, method: str, path: str, data: bytes | None) -> tuple[int, bytes]:
-        """One request on this thread's keep-alive connection to `url`, within `timeout` seconds in all (connect,
-        send, answer); a failed connection is dropped."""
-        deadline = time.monotonic() + self.timeout
-        connections = self._local.__dict__.setdefault("connections", {})
-        connection = connections.get(url)
-        if connection is None:
-            parts = urlsplit(url)
-            kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-            connection = kind(str(parts.hostname), parts.port)
-            connection.response_class = _TimedResponse
-            connections[url] = connection
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        try:
-            if connection.sock is None:
-                connection.timeout = _time_left(deadline)
-                connection.connect()
-            connection.sock.settimeout(_time_left(deadline))  # sendall: the whole send within the time left
-            connection.request(method, urlsplit(url).path + path, body=data, headers=headers)
-            connection.sock.settimeout(_time_left(deadline))  # what _TimedResponse reads the answer against
-            response = connection.getresponse()
-            return response.status, response.read()
-        except BaseException:
-            connection.close()
-            connections.pop(url, None)
-            raise
-
-
-class _DeadlineReader(io.RawIOBase):
-    """A socket's reader whose every read waits at most for the time left until `deadline` (then TimeoutError)."""
-
-    def __init__(self, raw: io.RawIOBase, sock: socket.socket, deadline: float) -> None:
-        super().__init__()
-        self.raw, self.sock, self.deadline = raw, sock, deadline
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int | None:
-        self.sock.settimeout(_time_left(self.deadline))
-        return self.raw.readinto(buffer)
-
-    def close(self) -> None:
-        self.raw.close()
-        super().close()
-
-
-class _TimedResponse(http.client.HTTPResponse):
-    """An answer read against its request's deadline, status line and headers included. The socket's timeout,
-    when the response is made, is the time left (`ServerBackend._http` sets it)."""
-
-    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
-        super().__init__(sock, *args, **kwargs)
-        deadline = time.monotonic() + (sock.gettimeout() or 0.0)
-        # http.client's reader waits up to the socket's timeout on each read, so a trickle never ends it: its raw
-        # stream (which holds the socket open) is read here against the deadline instead.
-        self.fp = io.BufferedReader(_DeadlineReader(self.fp.detach(), sock, deadline))
-
-
-def _time_left(deadline: float) -> float:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError("the request's deadline passed")
-    return left
-
-
-def _json(payload: bytes, where: str) -> dict:
-    """A 200 answer's JSON object, or one line naming `where` (a proxy's HTML page is not a completion)."""
-    try:
-        decoded = json.loads(payload)
-    except ValueError:
-        decoded = None
-    if not isinstance(decoded, dict):
-        raise ServerError(
-            f"{where} answered HTTP 200 with a body that is not a JSON object ({_one_line(payload)[:120]!r}); is "
-            "the URL a vLLM server (vq-reward serve), not a proxy's page?"
-        )
-    return decoded
-
-
-def _one_line(payload: bytes) -> str:
-    return " ".join(payload.decode("utf-8", "replace").split())[:500]
-
-
-def _text_parts(messages: list[dict]) -> list:
-    """The messages without their image data: what decides a prompt's tokens besides the image size."""
-    out = []
-    for message in messages:
-        content = message["content"]
-        if isinstance(content, list):
-            content = [part for part in content if part.get("type") != "image_url"]
-        out.append((message["role"], content))
-    return out
-
-
-def _digit_logprobs(response: dict, ids: list[int], url: str) -> list[float]:
-    """The log-probabilities of `ids` at the one generated position (the sampled token may be listed too)."""
-    try:
-        top = response["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-        by_id = {int(entry["token"].split(":", 1)[1]): float(entry["logprob"]) for entry in top}
-    except (KeyError, IndexError, TypeError, ValueError):
-        raise ServerError(f"{url} answered without token log-probabilities; is it a vLLM server?") from None
-    fix = f"start it with --max-logprobs {len(ids)} or more (vq-reward serve does)."
-    return digit_logprobs(by_id, ids, url, fix, ServerError)
