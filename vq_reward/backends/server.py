@@ -130,13 +130,11 @@ class ServerBackend:
         max_workers: int | None = None,
         api_key: str | None = None,
     ) -> None:
-        self.http = HttpClient(urls, timeout=timeout, retries=retries, backoff=backoff, api_key=api_key)
-        self.urls, self.timeout, self.retries, self.backoff = (
-            self.http.urls, self.http.timeout, self.http.retries, self.http.backoff
-        )  # fmt: skip
+        http = self.http = HttpClient(urls, timeout=timeout, retries=retries, backoff=backoff, api_key=api_key)
+        self.urls, self.timeout, self.retries, self.backoff = http.urls, http.timeout, http.retries, http.backoff
         self.max_workers = max_workers or 32 * len(self.urls)
         self.min_pixels, self.max_pixels = min_pixels, max_pixels
-        self.served = connect(self.http, model)
+        self.served = connect(http, model)
         self.model_id, self.root, self.max_model_len = self.served.id, self.served.root, self.served.max_model_len
         self.processor, self.processor_source = self._load_processor(processor)
         self._pool = ThreadPoolExecutor(self.max_workers, thread_name_prefix="vq-reward-server")
@@ -254,7 +252,7 @@ class ServerBackend:
             dot_mass=dot_mass, readout=readout,
         )  # fmt: skip
 
-    # -- connecting ----------------------------------------------------------------------------------------------
+    # -- the processor -------------------------------------------------------------------------------------------
 
     def _load_processor(
         self, processor: ProcessorMixin | str | os.PathLike | None
@@ -299,7 +297,7 @@ class ServerBackend:
         grid = torch.tensor([[1, image.height // patch, image.width // patch]])
         return token_inputs(self.processor, [request.text + request.answer_prefix], grid)["input_ids"][0].tolist()
 
-    # -- requests ----------------------------------------------------------------------------------------------------
+    # -- requests ------------------------------------------------------------------------------------------------
 
     def _run(self, jobs: list[tuple[int, dict, list[int]]]) -> list[dict]:
         """Post every job concurrently; the responses in job order. The first failure cancels the rest."""
