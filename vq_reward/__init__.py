@@ -12,7 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # public name -> the module that defines it; __all__ and the TYPE_CHECKING block list the same (tests/test_layers.py)
 _EXPORTS = {
