@@ -294,4 +294,5 @@ def test_bench_gpu_quick_vllm(load_script, capsys):
     assert result["infos"]["vllm-thinking"]["model_vocab"] == 1024 > result["infos"]["vllm-thinking"]["tokenizer_size"]
     for batch in ("1", "2"):
         table = {row[1]: row for row in table_rows(out, batch)}
-        assert len(table) == 6 and all(row[3].endswith("x") for row in table.values())
+        assert len(table) == 8 and all(row[3].endswith("x") for row in table.values())  # HF, Ray and vLLM rows
+        assert {"ray-first-digit", "ray-number"} <= set(table)
