@@ -109,12 +109,15 @@ def run(args: argparse.Namespace) -> int:
         run_info = launcher.start_ray(args.address)
         for number in stops:  # Ray's core worker installs its own handlers in ray.init: ours again
             signal.signal(number, _raise_stop)
+        _check_stop()
         config, options = _config(args, model, canonical_name(args.model))
         signal.signal(signal.SIGALRM, _startup_timed_out)
         signal.alarm(int(args.startup_timeout))  # SIGALRM ends a start-up that hangs
         launcher.deploy(config, options, args.host, args.port, args.proxy_every_node)
+        _check_stop()
         url = _public_url(args.host, args.port)
         launcher.wait_healthy(_local_url(args.host, args.port), args.startup_timeout)
+        _check_stop()
         signal.alarm(0)
         low, high = _autoscale_range(args.autoscale) if args.autoscale else (args.replicas, args.replicas)
         replicas = f"{low} replica{'s' * (low != 1)}" if low == high else f"{low} to {high} replicas, autoscaled"
@@ -125,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
         while True:
+            _check_stop()
             signal.pause()
     except _Stop as stop:
         if str(stop) == "timeout":
@@ -215,8 +219,20 @@ def _check_ray_installed() -> None:
         ) from None
 
 
+# The signals received. Ray runs Python callbacks from its C++ core during start-up, and an exception raised there
+# (by a signal arriving at that moment) is printed and ignored: a stop is also noted here and checked between steps.
+_received: list[str] = []
+
+
 def _raise_stop(number: int, _frame: object) -> None:
-    raise _Stop(signal.Signals(number).name)
+    _received.append(signal.Signals(number).name)
+    raise _Stop(_received[-1])
+
+
+def _check_stop() -> None:
+    """Raise `_Stop` for a signal whose own exception was swallowed by Ray (see `_received`)."""
+    if _received:
+        raise _Stop(_received[0])
 
 
 def _startup_timed_out(_number: int, _frame: object) -> None:
