@@ -187,7 +187,9 @@ def test_killed_run_resumes_without_loss_or_duplicates(tmp_path, tiny_path):
 
 
 def test_make_tiny(tmp_path, tiny_path):
-    assert main(["make-tiny", str(tmp_path / "t")]) == 0
+    assert main(["make-smoke", str(tmp_path / "s"), "--model", "skeleton"]) == 0
+    assert (tmp_path / "s" / "model.safetensors").is_file()
+    assert main(["make-tiny", str(tmp_path / "t")]) == 0  # 0.2's name, kept
     assert (tmp_path / "t" / "model.safetensors").read_bytes() == (tiny_path / "model.safetensors").read_bytes()
 
 

@@ -3,7 +3,7 @@ so `vq-reward --help` starts without torch or transformers.
 
     vq-reward score examples/images --model taught --output results.jsonl   # offline smoke model
     vq-reward score DIR --model TianheWu/VisualQuality-R1-7B --device cuda --output results.jsonl
-    vq-reward make-tiny PATH                                                  # the random smoke checkpoint
+    vq-reward make-smoke PATH --model tiny|taught|base|skeleton               # a smoke checkpoint in a folder
     vq-reward distort | prepare-data | prepare-degradation | prepare-comparison | merge-data   # training data
     vq-reward eval --labels data/KADID-10K_test.jsonl --model runs/kadid --output eval/kadid.json
     vq-reward serve TianheWu/VisualQuality-R1-7B --host 0.0.0.0   # vLLM server for score --server / from_server

