@@ -1,6 +1,9 @@
 """Offline, CPU, one thread: shared fixtures build the tiny random Qwen2.5-VL once per session."""
 
 import os
+import socket
+import urllib.error
+import urllib.request
 
 
 # Before torch is imported: multi-threaded runs on the shared CI machines are erratically slow.
@@ -34,3 +37,19 @@ def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
     """A seeded RGB noise image: random-weight models need varied pixels to give varied scores."""
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now (for the servers the tests start)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def post(url: str, body: bytes) -> tuple[int, bytes]:
+    """One POST; (status, body) whether it succeeded or not."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"), timeout=300) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()

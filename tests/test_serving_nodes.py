@@ -4,33 +4,16 @@ an address as onto a real cluster, score the Q-Insight style exactly like in-pro
 import io
 import pickle
 import shutil
-import socket
 import tempfile
-import urllib.error
-import urllib.request
 
 import pytest
-from conftest import noise_image
+from conftest import free_port, noise_image, post
 from PIL import Image
 
 from vq_reward import VisualQualityScorer
 
 
 pytest.importorskip("ray.serve")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def post(url: str, body: bytes) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"), timeout=300) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
 
 
 @pytest.mark.slow

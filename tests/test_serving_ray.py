@@ -6,7 +6,6 @@ import base64
 import io
 import json
 import pickle
-import socket
 import threading
 import urllib.error
 import urllib.request
@@ -14,7 +13,7 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
-from conftest import noise_image
+from conftest import free_port, noise_image
 from PIL import Image
 
 from vq_reward import VisualQualityScorer
@@ -25,12 +24,6 @@ pytest.importorskip("ray.serve")
 
 API_KEY = "test-key"
 MAX_BODY = 2 << 20
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def post(url: str, body: bytes, key: str | None = API_KEY) -> tuple[int, bytes]:

@@ -5,35 +5,18 @@ import io
 import os
 import pickle
 import signal
-import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import noise_image
+from conftest import free_port, noise_image, post
 
 from vq_reward.serving.launcher import wait_healthy
 
 
 pytest.importorskip("ray.serve")
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def post(url: str, body: bytes) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"), timeout=300) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
 
 
 def jpeg_body(count: int, size: int = 224) -> bytes:

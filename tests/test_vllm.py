@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import noise_image
+from conftest import free_port, noise_image
 
 from vq_reward import VisualQualityScorer, hub, readout
 from vq_reward.backends.server import ServerBackend, ServerError, png_data_url
@@ -57,12 +57,6 @@ FIELDS = ("scores", "std", "probs", "digit_mass", "dot_mass")
 
 def vllm_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(":")}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def details_dict(details) -> dict:
