@@ -22,14 +22,13 @@ import json
 import os
 from pathlib import Path
 
-import torch
 from tokenizers import Tokenizer
 from transformers import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen2Tokenizer,
 )
 
-from vq_reward.smoke.tiny import smoke_config, smoke_generation_config, smoke_processor
+from vq_reward.smoke.tiny import seeded_model, smoke_processor
 
 
 QWEN_MIN_PIXELS = 4 * 28 * 28  # 3136: Qwen2.5-VL-7B-Instruct's preprocessor_config.json
@@ -117,9 +116,4 @@ def _build_model(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLForConditionalGeneratio
             "num_key_value_heads": 1, "vocab_size": QWEN_VOCAB_ROWS, "max_position_embeddings": 128000}  # fmt: skip
     vision = {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2, "out_hidden_size": 32,
               "window_size": 112}  # fmt: skip
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(0)
-    model = Qwen2_5_VLForConditionalGeneration(smoke_config(tokenizer, text, vision))
-    torch.random.set_rng_state(generator_state)
-    model.generation_config = smoke_generation_config(tokenizer)
-    return model
+    return seeded_model(tokenizer, text, vision)

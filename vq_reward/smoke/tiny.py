@@ -205,6 +205,11 @@ def _build_model(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLForConditionalGeneratio
     text = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
             "num_key_value_heads": 2}  # fmt: skip
     vision = {"depth": 2, "hidden_size": 64, "intermediate_size": 128, "num_heads": 2, "out_hidden_size": 128}
+    return seeded_model(tokenizer, text, vision)
+
+
+def seeded_model(tokenizer: Qwen2Tokenizer, text: dict, vision: dict) -> Qwen2_5_VLForConditionalGeneration:
+    """A smoke model of these widths, its random init seeded (0) without touching the caller's random state."""
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(0)
     model = Qwen2_5_VLForConditionalGeneration(smoke_config(tokenizer, text, vision))
