@@ -28,11 +28,17 @@ sampled answers (a regulariser), and the readout reports an argmax, not the expe
 A trie-constrained sampler (mask the tokens that leave the set at each step) was rejected: it samples a locally
 renormalised distribution, not P, and its per-prefix normalisers do not cancel from the gradient.
 
+`--tasks degradation score` trains Q-Insight's multi-task mix instead: every training image also as a "score" row
+(the quality label as MOS), rewarded by score_threshold (a rating within 0.35 of the label), the tasks mixed at
+random in each step as Q-Insight's sampler does.
+
 Prints the held-out class accuracy, severity accuracy (the readout's severity of its chosen class against the
-label; "null" for clean images) and both-right accuracy before and after, with the wall time, and saves the curve
-(curve.png) and the figures (summary.json) in --output.
+label; "null" for clean images) and both-right accuracy before and after, and the SRCC of the Q-Insight score
+readout against the quality label, with the wall time, and saves the curve (curve.png) and the figures
+(summary.json) in --output.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_qinsight.py --steps 600 --seed 0 --output runs/bench_qinsight
+    OMP_NUM_THREADS=1 python benchmarks/bench_qinsight.py --tasks degradation score --output runs/qinsight_multi
     python benchmarks/bench_qinsight.py --quick --output /tmp/bench_qinsight   # 2 steps on a few crops (tests)
 
 The images are written by `vq_reward.data.distorted_sets.make_distorted_set` from the crops (saved as clean PNGs
@@ -54,18 +60,30 @@ from transformers import TrainerCallback
 from vq_reward import VisualQualityScorer
 from vq_reward.data.rows import write_jsonl
 from vq_reward.distortions import CLEAN_CLASS, DISTORTIONS
+from vq_reward.eval.metrics import srcc
 from vq_reward.hub import resolve_model
 from vq_reward.train.grpo import main as train
 
 
-def degradation_rows(crops, folder: Path) -> list[dict]:
-    """Every crop clean and under every distortion x severity 1..5, as "degradation" JSONL rows."""
+def task_rows(crops, folder: Path, tasks: tuple[str, ...] = ("degradation",)) -> list[dict]:
+    """Every crop clean and under every distortion x severity 1..5, as JSONL rows of each task: "degradation"
+    (class and severity) and "score" (the quality label as MOS), image by image."""
     rows = []
     for image in distorted_crops(crops, folder):
-        rows.append({"id": len(rows), "image": str(folder / image.image), "dataset_name": "synthetic",
-                     "task": "degradation", "distortion_class": image.distortion_class, "severity": image.severity,
-                     "reference": image.reference})  # fmt: skip
+        shared = {"image": str(folder / image.image), "dataset_name": "synthetic", "reference": image.reference}
+        if "degradation" in tasks:
+            rows.append({"id": len(rows), **shared, "task": "degradation",
+                         "distortion_class": image.distortion_class, "severity": image.severity})  # fmt: skip
+        if "score" in tasks:
+            rows.append({"id": len(rows), **shared, "task": "score", "mos": image.mos})
     return rows
+
+
+def held_out_score_srcc(checkpoint: Path | str, rows: list[dict]) -> float:
+    """SRCC of the Q-Insight score readout (the rating after '{"rating": ') against the held-out quality labels."""
+    scorer = VisualQualityScorer.from_pretrained(checkpoint, prompt_style="q-insight")
+    scores = scorer.score([row["image"] for row in rows], batch_size=32).numpy()
+    return float(srcc(scores, np.array([row["mos"] for row in rows])))
 
 
 def held_out_accuracy(scorer: VisualQualityScorer, rows: list[dict]) -> dict[str, float]:
@@ -147,6 +165,9 @@ def main(argv: list[str] | None = None) -> dict:
         metavar=("UNSEEN", "RIGHT"),
         help="crops per held-out photo, and right-half crops per training photo",
     )
+    parser.add_argument("--tasks", nargs="+", choices=("degradation", "score"), default=["degradation"],
+                        help="training tasks: degradation (default), or 'degradation score' for Q-Insight's "
+                        "multi-task mix (score rows of the same images, rewarded within 0.35 of the label)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="1 crop per photo, 2 steps (tests)")
     args = parser.parse_args(argv)
@@ -166,15 +187,18 @@ def main(argv: list[str] | None = None) -> dict:
             left = make_crops(photo, "left", args.train_crops, rng)
             train_crops += [(f"{stem}{i}", c) for i, c in enumerate(left)]
             held_crops += [(f"{stem}R{i}", c) for i, c in enumerate(make_crops(photo, "right", right, rng))]
-    train_rows = degradation_rows(train_crops, out / "data" / "train")
-    held_rows = degradation_rows(held_crops, out / "data" / "held_out")
+    tasks = tuple(args.tasks)
+    train_rows = task_rows(train_crops, out / "data" / "train", tasks)
+    held_all = task_rows(held_crops, out / "data" / "held_out", ("degradation", "score"))
+    held_rows = [row for row in held_all if row["task"] == "degradation"]
+    held_scores = [row for row in held_all if row["task"] == "score"]
     write_jsonl(train_rows, out / "data" / "train.jsonl")
     print(f"{len(train_rows)} training rows, {len(held_rows)} held-out images ({CROP}x{CROP} crops)")
 
     # Before: the start checkpoint, read as a user would.
     checkpoint = resolve_model(args.model)
     scorer = VisualQualityScorer.from_pretrained(checkpoint)
-    before = held_out_accuracy(scorer, held_rows)
+    before = {**held_out_accuracy(scorer, held_rows), "score_srcc": held_out_score_srcc(checkpoint, held_scores)}
     print("held-out before:", json.dumps({k: v if isinstance(v, str) else round(v, 3) for k, v in before.items()}))
 
     curve = CurveCallback(scorer.processor, held_rows, args.curve_every)
@@ -182,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = train(
         ["--config", str(REPO / "train" / "recipes" / "qinsight_tiny_cpu.yaml"), "--model_name_or_path",
          str(checkpoint), "--train_files", str(out / "data" / "train.jsonl"), "--output_dir", str(out / "model"),
-         "--reward_funcs", "degradation", "--max_steps", str(args.steps), "--learning_rate", str(args.learning_rate),
+         "--reward_funcs", *(["score_threshold"] if "score" in tasks else []), "degradation", "--max_steps", str(args.steps), "--learning_rate", str(args.learning_rate),
          "--beta", str(args.beta), "--temperature", str(args.temperature), "--logging_steps", "10",
          "--seed", str(args.seed),
          "--freeze_vision", str(args.model == "base").lower(),  # the base model's vision tower is set by hand
@@ -193,10 +217,13 @@ def main(argv: list[str] | None = None) -> dict:
     steps = trainer.state.global_step
 
     # After: the saved checkpoint, loaded as a user would.
-    after = held_out_accuracy(VisualQualityScorer.from_pretrained(out / "model"), held_rows)
+    after = {
+        **held_out_accuracy(VisualQualityScorer.from_pretrained(out / "model"), held_rows),
+        "score_srcc": held_out_score_srcc(out / "model", held_scores),
+    }
     print("held-out after: ", json.dumps({k: v if isinstance(v, str) else round(v, 3) for k, v in after.items()}))
     summary = {
-        "model": args.model, "before": before, "after": after, "chance": chance_levels(held_rows), "steps": steps,
+        "model": args.model, "tasks": list(tasks), "before": before, "after": after, "chance": chance_levels(held_rows), "steps": steps,
         "train_minutes": train_minutes, "seconds_per_step": train_minutes * 60 / max(steps, 1),
         "wall_minutes": (time.monotonic() - wall_start) / 60, "train_rows": len(train_rows),
         "held_out_images": len(held_rows), "learning_rate": args.learning_rate, "beta": args.beta,

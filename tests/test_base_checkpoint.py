@@ -1,6 +1,6 @@
 """The "base" smoke start (issue 20): the taught architecture taught only the answer format. Its sampled answers
-parse, its digits carry the probability after `<answer>`, its answers spread widely, and it does not rank images:
-what RL2R must teach (benchmarks/bench_learning.py)."""
+parse, its digits carry the probability after `<answer>`, its answers spread widely and differ from image to image,
+and it does not rank images by quality: what RL2R must teach (benchmarks/bench_learning.py)."""
 
 import re
 from pathlib import Path
@@ -43,9 +43,23 @@ def test_its_own_answers_parse_and_spread(base, held_out):
 def test_the_digits_carry_the_probability_but_not_the_quality(base, held_out):
     paths, labels = held_out
     details = base.score_details(paths)
-    assert details.digit_mass.min() > 0.99 and details.dot_mass.min() > 0.99
+    # Photos whose opinion is near 5 lose a few percent to "6".."9", which the answers never reach.
+    assert details.digit_mass.mean() > 0.98 and details.digit_mass.min() > 0.9 and details.dot_mass.min() > 0.99
     assert abs(spearmanr(details.scores.numpy(), labels)[0]) < 0.25
-    assert float(details.scores.max() - details.scores.min()) < 0.05  # one answer distribution for every image
+    # Opinions: the path from the image to the answer is alive, it is just not about quality (smoke/base.py says why).
+    assert details.scores.std() > 0.3
+
+
+def test_its_opinions_are_blind_to_quality_where_it_was_taught():
+    from vq_reward.smoke.base import quality_blind_opinions
+
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((500, 14))
+    quality = features @ rng.standard_normal(14) + rng.standard_normal(500)
+    opinions = quality_blind_opinions(features, quality, seed=0)
+    assert abs(np.corrcoef(opinions, quality)[0, 1]) < 1e-9 and abs(opinions.std() - 1) < 1e-9
+    with_constant = np.column_stack([np.ones(500), features])
+    assert np.linalg.matrix_rank(np.column_stack([with_constant, opinions])) == 15  # read from the features alone
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ The scripts are plain files in benchmarks/ (not a package): each is imported fro
 sys.path for the shared `common` module, as `python benchmarks/SCRIPT.py` would have it.
 """
 
+import json
 import importlib.util
 import os
 import sys
@@ -150,7 +151,16 @@ def test_bench_qinsight_quick(load_script, tmp_path, capsys):
     assert "held-out before:" in out and "held-out after:" in out
     assert summary["steps"] == 2 and summary["train_rows"] == 6 * 21 and summary["held_out_images"] == 8 * 21
     assert 0 <= summary["after"]["class"] <= 1 and (tmp_path / "curve.png").exists()
-    assert summary["model"] == "base"
+    assert summary["model"] == "base" and -1 <= summary["after"]["score_srcc"] <= 1
+
+
+@pytest.mark.slow
+def test_bench_qinsight_multi_task_quick(load_script, tmp_path):
+    bench = load_script("bench_qinsight")
+    summary = bench.main(["--quick", "--tasks", "degradation", "score", "--output", str(tmp_path)])
+    rows = [json.loads(line) for line in (tmp_path / "data" / "train.jsonl").read_text().splitlines()]
+    assert sorted({row["task"] for row in rows}) == ["degradation", "score"] and len(rows) == 2 * 6 * 21
+    assert summary["tasks"] == ["degradation", "score"] and summary["steps"] == 2
 
 
 # -- bench_gpu.py ----------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from urllib.parse import urlparse
 
 # Bumped whenever a builder changes what it writes, so an old cached copy is never mistaken for the new one.
 SMOKE_VERSION = 1
+BASE_VERSION = 2  # v1 gave every image one answer distribution; v2's answers follow the image (not its quality)
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -63,13 +64,14 @@ def skeleton_checkpoint(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def base_checkpoint(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The base smoke checkpoint (the taught architecture taught only the answer format, numbers independent of the
-    image: the start of benchmarks/bench_learning.py's RL2R run) in the cache folder, built on first use (about 30 s).
+    """The base smoke checkpoint (the taught architecture taught only the answer format, with numbers that follow the
+    image but not its quality: the start of benchmarks/bench_learning.py's RL2R run) in the cache folder, built on
+    first use (about 15 s).
     """
     from vq_reward.smoke import build_base_checkpoint
 
-    folder = cache_root(cache_dir) / f"base-qwen2.5-vl-v{SMOKE_VERSION}"
-    return _cached(folder, build_base_checkpoint, "the base smoke model (answer format only, about 30 s)")
+    folder = cache_root(cache_dir) / f"base-qwen2.5-vl-v{BASE_VERSION}"
+    return _cached(folder, build_base_checkpoint, "the base smoke model (answer format, no quality; about 15 s)")
 
 
 SMOKE_MODELS: dict[str, Callable[[], Path]] = {

