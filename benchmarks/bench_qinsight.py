@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--tasks", nargs="+", choices=("degradation", "score"), default=["degradation"],
                         help="training tasks: degradation (default), or 'degradation score' for Q-Insight's "
-                        "multi-task mix (score rows of the same images, rewarded within 0.35 of the label)")  # fmt: skip
+                        "multi-task mix (score rows of the same images, rewarded within 0.35 of the label)",
+                        )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="1 crop per photo, 2 steps (tests)")
     args = parser.parse_args(argv)
@@ -206,7 +207,8 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = train(
         ["--config", str(REPO / "train" / "recipes" / "qinsight_tiny_cpu.yaml"), "--model_name_or_path",
          str(checkpoint), "--train_files", str(out / "data" / "train.jsonl"), "--output_dir", str(out / "model"),
-         "--reward_funcs", *(["score_threshold"] if "score" in tasks else []), "degradation", "--max_steps", str(args.steps), "--learning_rate", str(args.learning_rate),
+         "--reward_funcs", *(["score_threshold"] if "score" in tasks else []), "degradation",
+         "--max_steps", str(args.steps), "--learning_rate", str(args.learning_rate),
          "--beta", str(args.beta), "--temperature", str(args.temperature), "--logging_steps", "10",
          "--seed", str(args.seed),
          "--freeze_vision", str(args.model == "base").lower(),  # the base model's vision tower is set by hand
@@ -223,7 +225,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print("held-out after: ", json.dumps({k: v if isinstance(v, str) else round(v, 3) for k, v in after.items()}))
     summary = {
-        "model": args.model, "tasks": list(tasks), "before": before, "after": after, "chance": chance_levels(held_rows), "steps": steps,
+        "model": args.model, "tasks": list(tasks), "before": before, "after": after,
+        "chance": chance_levels(held_rows), "steps": steps,
         "train_minutes": train_minutes, "seconds_per_step": train_minutes * 60 / max(steps, 1),
         "wall_minutes": (time.monotonic() - wall_start) / 60, "train_rows": len(train_rows),
         "held_out_images": len(held_rows), "learning_rate": args.learning_rate, "beta": args.beta,

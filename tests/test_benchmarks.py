@@ -4,8 +4,8 @@ The scripts are plain files in benchmarks/ (not a package): each is imported fro
 sys.path for the shared `common` module, as `python benchmarks/SCRIPT.py` would have it.
 """
 
-import json
 import importlib.util
+import json
 import os
 import sys
 import time
