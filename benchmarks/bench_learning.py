@@ -1,8 +1,8 @@
 """Learning benchmark: does RL2R GRPO turn a model that only knows the answer format into a quality scorer, on CPU?
 
 The paper's pipeline in miniature. The start is the "base" smoke model (`from_pretrained("base")`): the taught
-architecture's hand-set perception and routing, taught only to write `<answer>X.YZ</answer>` with numbers drawn
-independently of the image, so its answers parse but its held-out SRCC is near 0. It is trained the official way
+architecture's hand-set perception and routing, taught only to write `<answer>X.YZ</answer>` with numbers that
+follow the image but not its quality, so its answers parse but its held-out SRCC is near 0. It is trained the official way
 (train/recipes/base_cpu.yaml): the model writes its whole answer, G=8 two-decimal answers are sampled per image, the
 fidelity reward ranks the parsed numbers within each batch of 8 images, plus the format reward; the vision tower is
 frozen (it is set by hand). `--model tiny` runs the old contrast instead: the tiny random model with
