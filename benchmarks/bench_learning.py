@@ -2,10 +2,10 @@
 
 The paper's pipeline in miniature. The start is the "base" smoke model (`from_pretrained("base")`): the taught
 architecture's hand-set perception and routing, taught only to write `<answer>X.YZ</answer>` with numbers that
-follow the image but not its quality, so its answers parse but its held-out SRCC is near 0. It is trained the official way
-(train/recipes/base_cpu.yaml): the model writes its whole answer, G=8 two-decimal answers are sampled per image, the
-fidelity reward ranks the parsed numbers within each batch of 8 images, plus the format reward; the vision tower is
-frozen (it is set by hand). `--model tiny` runs the old contrast instead: the tiny random model with
+follow the image but not its quality, so its answers parse but its held-out SRCC is near 0. It is trained the
+official way (train/recipes/base_cpu.yaml): the model writes its whole answer, G=8 two-decimal answers are sampled
+per image, the fidelity reward ranks the parsed numbers within each batch of 8 images, plus the format reward; the
+vision tower is frozen (it is set by hand). `--model tiny` runs the old contrast instead: the tiny random model with
 train/recipes/tiny_cpu.yaml (one digit after a forced `<answer>`).
 
 Training images: procedural images (`vq_reward.smoke.procedural`, each under a random distortion kind and severity)
@@ -13,9 +13,11 @@ and every kind x severity 1..5 (plus clean) of 112x112 crops of the left halves 
 crops of the right halves of those photos ("right") and of two photos never trained on ("unseen"). Reported: the
 held-out SRCC of `score()` against the quality label before, at the best curve point and after, overall and per
 distortion kind (each kind ranked together with the clean crops), for each split; the rate at which the model's own
-sampled answers (`generate`, the official decoding) parse, before and after; the machine's load average at start and
-end (other work on a shared machine slows the steps). Writes DIR/model (the trained checkpoint, loadable by
-`from_pretrained`), DIR/summary.json, DIR/curve.png (minutes) and DIR/curve_steps.png.
+sampled answers (`generate`, the official decoding) parse, before and after; the same SRCCs of the supervised
+`taught` model (same architecture, taught by cross-entropy on labelled procedural images: the moonshot); the
+machine's load average at start and end (other work on a shared machine slows the steps). Writes DIR/model (the
+trained checkpoint, loadable by `from_pretrained`), DIR/summary.json, DIR/curve.png (minutes) and
+DIR/curve_steps.png.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_learning.py --minutes 20 --output runs/bench_learning
     OMP_NUM_THREADS=1 python benchmarks/bench_learning.py --model tiny --minutes 20 --output runs/tiny  # contrast
@@ -199,8 +201,12 @@ def main(argv: list[str] | None = None) -> dict:
     parse_after = parse_rate(trained, held_rows, args.parse_images)
     best = max(curve.points, key=lambda point: point["all"], default={"step": steps, **after})
     print("held-out SRCC after: ", json.dumps({k: round(v, 3) for k, v in after.items()}))
+    # The supervised model of the same architecture on the same images: what RL2R is measured against.
+    supervised = held_out_srcc(VisualQualityScorer.from_pretrained("taught"), held_rows) if not args.quick else {}
+    print("held-out SRCC of the supervised taught model:", json.dumps({k: round(v, 3) for k, v in supervised.items()}))
     summary = {
         "model": args.model, "trainer_args": trainer_args, "before": before, "best": best, "after": after,
+        "supervised_taught": supervised,
         "parse_rate": {"before": parse_before, "after": parse_after, "images": min(args.parse_images, len(held_rows))},
         "steps": steps, "train_minutes": train_minutes, "steps_per_second": steps / max(train_minutes * 60, 1e-9),
         "wall_minutes": (time.monotonic() - wall_start) / 60, "train_images": len(train_rows),
