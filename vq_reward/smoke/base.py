@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vq_reward.smoke.design import FEATURE_CHANNELS, design_model
+from vq_reward.smoke.design import TOKEN_FEATURES, design_model
 from vq_reward.smoke.procedural import training_images
 from vq_reward.smoke.taught import Recipe, _image_embeddings, _single_thread, _teach
 from vq_reward.smoke.tiny import build_tokenizer, smoke_processor
@@ -59,13 +59,13 @@ def build_base_checkpoint(
         images, quality = training_images(recipe.bases, recipe.variants, recipe.seed)
         say(f"generated {len(images)} images")
         embeds = _image_embeddings(model, processor, images)
-        # Image tokens carry the standardised features in channels 1..14, the same in every token of an image.
-        features = embeds[:, 0, 1 : 1 + len(FEATURE_CHANNELS)].double().numpy()
+        # Every token of an image carries the same standardised features: the first one stands for the image.
+        features = embeds[:, 0, TOKEN_FEATURES].double().numpy()
         centres = ANSWER_CENTRE + OPINION_SPREAD * quality_blind_opinions(features, quality, recipe.seed)
         # The decoder layer keeps its untaught weights, so every image feature still reaches the answer position;
         # only the embeddings, the final norm and the head learn the format and the opinions.
         model.model.language_model.layers.requires_grad_(False)
-        _teach(model, processor, embeds, centres.round(2), recipe, say)
+        _teach(model, processor, embeds, centres.round(2), recipe, say)  # rounded: one answer distribution per 0.01
         model.eval()
     processor.save_pretrained(out)
     model.save_pretrained(out)

@@ -49,6 +49,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)  # the image processor's normali
 TEXT_WIDTH = 128
 HEAD_DIM = 32
 IMAGE_MARK = 20.0  # channel 0 of image tokens; text embeddings are 0 there, so head 0 finds the image by it
+TOKEN_FEATURES = slice(1, 1 + len(FEATURE_CHANNELS))  # image-token channels that hold the standardised features
 FEATURE_GAIN = 4.0
 ROUTE_LOGIT = 25.0  # attention logit of an image token for head 0 (text tokens: about 0)
 PREV_SCALE = 9.0  # q/k bias scale of the previous-token heads: a logit margin of about 8 over other offsets
@@ -236,7 +237,8 @@ def _silu_log_fit(low: float, high: float, knots: int = 14) -> tuple[np.ndarray,
 
 
 def standardise_merger(visual: Qwen2_5_VisionTransformerPretrainedModel, features: torch.Tensor) -> None:
-    """Merger units 0..13 pass the features, standardised on the training images, to image-token channels 1..14.
+    """Merger units 0..13 pass the features, standardised on the training images, to image-token channels 1..14
+    (`TOKEN_FEATURES`).
 
     A +10 shift keeps GELU in its linear range; image tokens also get IMAGE_MARK in channel 0.
     """
@@ -244,7 +246,7 @@ def standardise_merger(visual: Qwen2_5_VisionTransformerPretrainedModel, feature
     mean, std = features.mean(0), features.std(0) + 1e-6
     shift = 10.0
     with torch.no_grad():
-        second.weight[: 1 + len(FEATURE_CHANNELS)] = 0.0
+        second.weight[: TOKEN_FEATURES.stop] = 0.0
         second.bias.zero_()
         second.bias[0] = IMAGE_MARK
         for j, channel in enumerate(FEATURE_CHANNELS):
@@ -252,8 +254,8 @@ def standardise_merger(visual: Qwen2_5_VisionTransformerPretrainedModel, feature
             first.weight[j, channel] = 1.0 / std[j]
             first.bias[j] = shift - mean[j] / std[j]
             second.weight[:, j] = 0.0
-            second.weight[1 + j, j] = 1.0
-            second.bias[1 + j] = -shift
+            second.weight[TOKEN_FEATURES.start + j, j] = 1.0
+            second.bias[TOKEN_FEATURES.start + j] = -shift
 
 
 def _design_language_model(model: Qwen2_5_VLForConditionalGeneration, gen: torch.Generator) -> None:
@@ -284,7 +286,7 @@ def _route_image(attn: Qwen2_5_VLAttention, width: int, routed: list[int]) -> No
     attn.k_proj.weight[pair, 0] = scale
     attn.q_proj.bias[pair] = scale
     for j in range(len(routed)):
-        attn.v_proj.weight[j, 1 + j] = FEATURE_GAIN
+        attn.v_proj.weight[j, TOKEN_FEATURES.start + j] = FEATURE_GAIN
     attn.o_proj.weight[:, :hd] = 0.0
     for j, channel in enumerate(routed):
         attn.o_proj.weight[channel, j] = 1.0
