@@ -237,6 +237,22 @@ def test_frozen_vision_tower_does_not_move(tiny_path, train_file, tmp_path):
     assert not torch.equal(trainer.model.lm_head.weight.detach(), initial["lm_head.weight"])
 
 
+def test_the_frozen_vision_cache_trains_as_the_tower_does(tiny_path, train_file, tmp_path):
+    runs = {
+        cached: train(_args(tiny_path, train_file, tmp_path / str(cached), "--freeze_vision", "true",
+                            "--cache_frozen_vision", str(cached).lower()))  # fmt: skip
+        for cached in (True, False)
+    }
+    assert _rewards(runs[True]) == _rewards(runs[False])
+    assert _max_delta(runs[True].model, runs[False].model) < 1e-5  # float error (an Adam step is 3e-4)
+    # 2 steps of 2 images x G=4: each image's tower runs once in the policy (generation and training forward)
+    # and once in the reference model, instead of 8 times in each of the three.
+    for model in (runs[True].model, runs[True].ref_model):
+        cache = model.model.vision_feature_cache
+        assert (cache.computed, cache.computed + cache.reused) == (4, 16 if model is runs[True].ref_model else 32)
+    assert not hasattr(runs[False].model.model, "vision_feature_cache")
+
+
 def test_lora_trains_only_adapters(tiny_path, train_file, tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -125,6 +125,13 @@ class VQScriptArguments:
     freeze_vision: bool = field(
         default=False, metadata={"help": "Freeze the vision tower (model.model.visual); official trains it."}
     )
+    cache_frozen_vision: bool = field(
+        default=True,
+        metadata={
+            "help": "With freeze_vision: compute each distinct image's features once per step, not once per rollout "
+            "and forward (vq_reward/train/vision_cache.py); false saves the memory of one step's images."
+        },
+    )
     max_train_minutes: float | None = field(
         default=None, metadata={"help": "Stop training (with a final save) after this many minutes of wall time."}
     )

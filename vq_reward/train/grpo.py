@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         min_images_per_device=min_images,
         saved_chat_template=original_template,
         closed_set=closed_set,
+        cache_vision=script_args.freeze_vision and script_args.cache_frozen_vision,
     )
 
     trainer.train(resume_from_checkpoint=None if resume is None else str(resume))

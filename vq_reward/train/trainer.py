@@ -29,6 +29,7 @@ from vq_reward.train import require_trl
 from vq_reward.train.checkpoints import load_checkpoint_weights
 from vq_reward.train.closed_set import ClosedSetSampler
 from vq_reward.train.sampler import DatasetHomogeneousSampler, images_per_device
+from vq_reward.train.vision_cache import cache_frozen_vision
 
 
 require_trl()
@@ -48,6 +49,8 @@ class QualityGRPOTrainer(GRPOTrainer):
             advantages are computed after gathering), unless `homogeneous_batches` needs whole groups per device.
         saved_chat_template: the chat template to write into checkpoints, when the processor's was patched.
         closed_set: draw rollouts with this sampler instead of generating them (not with vLLM).
+        cache_vision: the vision tower is frozen: the policy and the reference model compute each distinct image's
+            features once per step (`vision_cache`), not once per rollout and forward.
         *args, **kwargs: `GRPOTrainer`'s.
     """
 
@@ -62,6 +65,7 @@ class QualityGRPOTrainer(GRPOTrainer):
         min_images_per_device: int = 2,
         saved_chat_template: str | None = None,
         closed_set: ClosedSetSampler | None = None,
+        cache_vision: bool = False,
         **kwargs,
     ) -> None:
         config = kwargs.get("args")
@@ -96,6 +100,13 @@ class QualityGRPOTrainer(GRPOTrainer):
         self._rollout_tasks: list[str] = []
         with _without_checkpointing_deprecation():  # PEFT reads it when wrapping the model
             super().__init__(*args, **kwargs)
+        if cache_vision:
+            steps_per_generation = self.args.steps_per_generation or self.args.gradient_accumulation_steps
+            images = self.args.per_device_train_batch_size * steps_per_generation // self.num_generations
+            cache_frozen_vision(self.accelerator.unwrap_model(self.model), capacity=max(1, images))
+            if self.ref_model is not None:  # its own cache: the towers are equal only by construction
+                reference = self.accelerator.unwrap_model(self.ref_model).requires_grad_(False)  # it never trains
+                cache_frozen_vision(reference, capacity=max(1, images))
 
     def _generate_and_score_completions(self, inputs: list[dict]) -> dict:
         self._rollout_tasks = [row.get("task") or SCORE_TASK for row in inputs]  # one per rollout, in order
