@@ -13,7 +13,8 @@ Modules: `vqr1_rewards` (fidelity rank reward, answer format reward), `qinsight_
 degradation, format and comparison rewards), `reward_registry` (reward names -> reward functions), `closed_set`
 (rollouts drawn from the readouts' closed answer sets), `sampler` (dataset-homogeneous batches), `dataset` (JSONL rows
 -> TRL dataset and prompts), `checkpoints` (strict weight loading, choosing the checkpoint to resume from),
-`trainer` (the thin GRPOTrainer subclass), `config` (script arguments), `grpo` (the entry point). The data they read
+`trainer` (the thin GRPOTrainer subclass), `vision_cache` (a frozen tower computes each distinct image once per
+step), `config` (script arguments), `grpo` (the entry point). The data they read
 is prepared by `vq_reward.data` (label files, rows, Q-Insight rows) and the `vq-reward` data subcommands.
 """
 
