@@ -30,7 +30,7 @@ import torch
 
 from vq_reward.smoke.design import TOKEN_FEATURES, design_model
 from vq_reward.smoke.procedural import training_images
-from vq_reward.smoke.taught import Recipe, _image_embeddings, _single_thread, _teach
+from vq_reward.smoke.taught import Recipe, image_embeddings, single_thread, teach
 from vq_reward.smoke.tiny import build_tokenizer, smoke_processor
 
 
@@ -52,20 +52,20 @@ def build_base_checkpoint(
     say = log or (lambda _message: None)
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    with _single_thread(), torch.random.fork_rng(devices=[]):
+    with single_thread(), torch.random.fork_rng(devices=[]):
         tokenizer = build_tokenizer()
         processor = smoke_processor(tokenizer)
         model = design_model(tokenizer, recipe.seed)
         images, quality = training_images(recipe.bases, recipe.variants, recipe.seed)
         say(f"generated {len(images)} images")
-        embeds = _image_embeddings(model, processor, images)
+        embeds = image_embeddings(model, processor, images)
         # Every token of an image carries the same standardised features: the first one stands for the image.
         features = embeds[:, 0, TOKEN_FEATURES].double().numpy()
         centres = ANSWER_CENTRE + OPINION_SPREAD * quality_blind_opinions(features, quality, recipe.seed)
         # The decoder layer keeps its untaught weights, so every image feature still reaches the answer position;
         # only the embeddings, the final norm and the head learn the format and the opinions.
         model.model.language_model.layers.requires_grad_(False)
-        _teach(model, processor, embeds, centres.round(2), recipe, say)  # rounded: one answer distribution per 0.01
+        teach(model, processor, embeds, centres.round(2), recipe, say)  # rounded: one answer distribution per 0.01
         model.eval()
     processor.save_pretrained(out)
     model.save_pretrained(out)

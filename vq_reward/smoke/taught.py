@@ -108,15 +108,15 @@ def build_taught_checkpoint(
     say = log or (lambda _message: None)
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    with _single_thread(), torch.random.fork_rng(devices=[]):
+    with single_thread(), torch.random.fork_rng(devices=[]):
         tokenizer = build_tokenizer()
         processor = smoke_processor(tokenizer)
         model = design_model(tokenizer, recipe.seed)
         images, labels = training_images(recipe.bases, recipe.variants, recipe.seed)
         say(f"generated {len(images)} training images")
-        embeds = _image_embeddings(model, processor, images)
+        embeds = image_embeddings(model, processor, images)
         say("computed image tokens (the vision tower is fixed)")
-        _teach(model, processor, embeds, labels, recipe, say)
+        teach(model, processor, embeds, labels, recipe, say)
         model.eval()
     processor.save_pretrained(out)
     model.save_pretrained(out)
@@ -147,7 +147,7 @@ def _digit_targets(probs: np.ndarray, rng: np.random.Generator) -> tuple[tuple[i
     return digits, soft / soft.sum(1, keepdims=True)
 
 
-def _image_embeddings(
+def image_embeddings(
     model: Qwen2_5_VLForConditionalGeneration, processor: Qwen2_5_VLProcessor, images: list[Image.Image]
 ) -> torch.Tensor:
     """(N, tokens, width) image tokens; the merger is standardised on the first 256 images first."""
@@ -253,7 +253,7 @@ def _completion_hidden(
     return text.norm(hidden)
 
 
-def _teach(
+def teach(
     model: Qwen2_5_VLForConditionalGeneration,
     processor: Qwen2_5_VLProcessor,
     embeds: torch.Tensor,
@@ -261,6 +261,9 @@ def _teach(
     recipe: Recipe,
     say: Callable[[str], None],
 ) -> None:
+    """Teach `<answer>X.YZ</answer><|im_end|>` after each image (`embeds`, from `image_embeddings`) for its label,
+    by teacher-forced cross-entropy with soft targets at the digits; the vision tower and every language-model
+    parameter that does not require grad stay as they are."""
     layout = _layout(model, processor)
     digit_ids = torch.tensor(processor.tokenizer.convert_tokens_to_ids(list(DIGITS)))
     distributions = {label: answer_distribution(label, recipe.answer_sigma) for label in np.unique(labels)}
@@ -310,7 +313,7 @@ def _schedule(step: int, recipe: Recipe) -> float:
 
 
 @contextlib.contextmanager
-def _single_thread() -> Iterator[None]:
+def single_thread() -> Iterator[None]:
     """One intra-op thread while building: the same float reduction order, so the same weights, on every machine."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -12,10 +12,10 @@ install when it is missing.
 Modules: `vqr1_rewards` (fidelity rank reward, answer format reward), `qinsight_rewards` (Q-Insight's score,
 degradation, format and comparison rewards), `reward_registry` (reward names -> reward functions), `closed_set`
 (rollouts drawn from the readouts' closed answer sets), `sampler` (dataset-homogeneous batches), `dataset` (JSONL rows
--> TRL dataset and prompts), `checkpoints` (strict weight loading, choosing the checkpoint to resume from),
-`trainer` (the thin GRPOTrainer subclass), `vision_cache` (a frozen tower computes each distinct image once per
-step), `config` (script arguments), `grpo` (the entry point). The data they read
-is prepared by `vq_reward.data` (label files, rows, Q-Insight rows) and the `vq-reward` data subcommands.
+-> TRL dataset and prompts), `checkpoints` (strict weight loading, choosing the checkpoint to resume from), `trainer`
+(the thin GRPOTrainer subclass), `vision_cache` (a frozen tower computes each distinct image once per step), `config`
+(script arguments), `grpo` (the entry point). The data they read is prepared by `vq_reward.data` (label files, rows,
+Q-Insight rows) and the `vq-reward` data subcommands.
 """
 
 
