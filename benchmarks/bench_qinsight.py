@@ -79,9 +79,9 @@ def task_rows(crops, folder: Path, tasks: tuple[str, ...] = ("degradation",)) ->
     return rows
 
 
-def held_out_score_srcc(checkpoint: Path | str, rows: list[dict]) -> float:
+def held_out_score_srcc(loaded: VisualQualityScorer, rows: list[dict]) -> float:
     """SRCC of the Q-Insight score readout (the rating after '{"rating": ') against the held-out quality labels."""
-    scorer = VisualQualityScorer.from_pretrained(checkpoint, prompt_style="q-insight")
+    scorer = VisualQualityScorer(loaded.model, loaded.processor, prompt_style="q-insight")  # the same weights
     scores = scorer.score([row["image"] for row in rows], batch_size=32).numpy()
     return float(srcc(scores, np.array([row["mos"] for row in rows])))
 
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     # Before: the start checkpoint, read as a user would.
     checkpoint = resolve_model(args.model)
     scorer = VisualQualityScorer.from_pretrained(checkpoint)
-    before = {**held_out_accuracy(scorer, held_rows), "score_srcc": held_out_score_srcc(checkpoint, held_scores)}
+    before = {**held_out_accuracy(scorer, held_rows), "score_srcc": held_out_score_srcc(scorer, held_scores)}
     print("held-out before:", json.dumps({k: v if isinstance(v, str) else round(v, 3) for k, v in before.items()}))
 
     curve = CurveCallback(scorer.processor, held_rows, args.curve_every)
@@ -219,10 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
     steps = trainer.state.global_step
 
     # After: the saved checkpoint, loaded as a user would.
-    after = {
-        **held_out_accuracy(VisualQualityScorer.from_pretrained(out / "model"), held_rows),
-        "score_srcc": held_out_score_srcc(out / "model", held_scores),
-    }
+    trained = VisualQualityScorer.from_pretrained(out / "model")
+    after = {**held_out_accuracy(trained, held_rows), "score_srcc": held_out_score_srcc(trained, held_scores)}
     print("held-out after: ", json.dumps({k: v if isinstance(v, str) else round(v, 3) for k, v in after.items()}))
     summary = {
         "model": args.model, "tasks": list(tasks), "before": before, "after": after,
