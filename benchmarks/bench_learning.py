@@ -20,7 +20,7 @@ trained checkpoint, loadable by `from_pretrained`), DIR/summary.json, DIR/curve.
 DIR/curve_steps.png.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_learning.py --minutes 20 --output runs/bench_learning
-    OMP_NUM_THREADS=1 python benchmarks/bench_learning.py --model tiny --minutes 20 --output runs/tiny  # contrast
+    OMP_NUM_THREADS=1 python benchmarks/bench_learning.py --model tiny --constant-lr --minutes 20 --output runs/tiny
     python benchmarks/bench_learning.py --quick --output /tmp/bench_learning   # 2 steps on a few images (tests)
 
 Options the script does not know go to the trainer (`--learning_rate 1e-3`, `--beta 0.02`).
@@ -158,8 +158,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-crops", type=int, default=12, help="crops per training photo")
     parser.add_argument("--procedural", type=int, default=600, help="procedural training images (x2 variants)")
     parser.add_argument("--curve-every", type=float, default=90.0, help="seconds between held-out evaluations")
-    parser.add_argument("--max-steps", type=int, default=0, help="0: constant lr until --minutes (the recipe); N: "
-                        "cosine decay to 0 over N steps")  # fmt: skip
+    parser.add_argument("--max-steps", type=int, default=0, help="N: the lr decays to 0 by a cosine over N steps; "
+                        "0: the recipe's schedule (base: cosine over 1200 steps, about 20 minutes here)")  # fmt: skip
+    parser.add_argument("--constant-lr", action="store_true", help="the recipe's lr, constant until --minutes")
     parser.add_argument("--parse-images", type=int, default=128, help="held-out images whose answers are sampled")
     parser.add_argument("--held-out-crops", type=int, nargs=2, default=[4, 3], metavar=("UNSEEN", "RIGHT"),
                         help="crops per unseen photo, and right-half crops per training photo")  # fmt: skip
@@ -185,11 +186,13 @@ def main(argv: list[str] | None = None) -> dict:
     print("held-out SRCC before:", json.dumps({k: round(v, 3) for k, v in before.items()}))
 
     curve = CurveCallback(start.processor, held_rows, args.curve_every, args.minutes)
+    schedule = (["--lr_scheduler_type", "constant", "--max_steps", str(10**6)] if args.constant_lr
+                else ["--lr_scheduler_type", "cosine", "--max_steps", str(args.max_steps)] if args.max_steps
+                else [])  # fmt: skip
     trainer = train(
         ["--config", str(REPO / "train" / "recipes" / RECIPES[args.model]), "--model_name_or_path", checkpoint,
          "--train_files", str(out / "data" / "train.jsonl"), "--output_dir", str(out / "model"),
-         "--max_steps", str(args.max_steps or 10**6),
-         "--lr_scheduler_type", "cosine" if args.max_steps else "constant",
+         *schedule,
          "--seed", str(args.seed), *trainer_args],
         callbacks=[curve],
     )  # fmt: skip
@@ -205,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
     supervised = held_out_srcc(VisualQualityScorer.from_pretrained("taught"), held_rows) if not args.quick else {}
     print("held-out SRCC of the supervised taught model:", json.dumps({k: round(v, 3) for k, v in supervised.items()}))
     summary = {
-        "model": args.model, "trainer_args": trainer_args, "before": before, "best": best, "after": after,
+        "model": args.model, "bench_args": vars(args), "trainer_args": trainer_args, "before": before, "best": best, "after": after,
         "supervised_taught": supervised,
         "parse_rate": {"before": parse_before, "after": parse_after, "images": min(args.parse_images, len(held_rows))},
         "steps": steps, "train_minutes": train_minutes, "steps_per_second": steps / max(train_minutes * 60, 1e-9),
