@@ -100,13 +100,16 @@ class QualityGRPOTrainer(GRPOTrainer):
         self._rollout_tasks: list[str] = []
         with _without_checkpointing_deprecation():  # PEFT reads it when wrapping the model
             super().__init__(*args, **kwargs)
-        if cache_vision:
-            steps_per_generation = self.args.steps_per_generation or self.args.gradient_accumulation_steps
-            images = self.args.per_device_train_batch_size * steps_per_generation // self.num_generations
-            cache_frozen_vision(self.accelerator.unwrap_model(self.model), capacity=max(1, images))
+        if cache_vision:  # room for one generation batch's distinct images
+            completions = self.args.per_device_train_batch_size * self._steps_per_generation()
+            capacity = max(1, completions // self.num_generations)
+            cache_frozen_vision(self.accelerator.unwrap_model(self.model), capacity)
             if self.ref_model is not None:  # its own cache: the towers are equal only by construction
                 reference = self.accelerator.unwrap_model(self.ref_model).requires_grad_(False)  # it never trains
-                cache_frozen_vision(reference, capacity=max(1, images))
+                cache_frozen_vision(reference, capacity)
+
+    def _steps_per_generation(self) -> int:
+        return self.args.steps_per_generation or self.args.gradient_accumulation_steps  # TRL's default
 
     def _generate_and_score_completions(self, inputs: list[dict]) -> dict:
         self._rollout_tasks = [row.get("task") or SCORE_TASK for row in inputs]  # one per rollout, in order
@@ -136,7 +139,7 @@ class QualityGRPOTrainer(GRPOTrainer):
             return super()._get_train_sampler(dataset)
         plain = dataset.with_format(None)  # column access without decoding every image
         names = plain["dataset_name"] if "dataset_name" in plain.column_names else ["all"] * len(plain)
-        steps_per_generation = self.args.steps_per_generation or self.args.gradient_accumulation_steps  # TRL's default
+        steps_per_generation = self._steps_per_generation()
         sampler = DatasetHomogeneousSampler(
             names,
             images_per_device=images_per_device(

@@ -88,12 +88,14 @@ def _cached_image_features(
     sums = torch.stack([chunk.double().sum() for chunk in chunks]).tolist()  # one sync; narrows the exact matches
     keys = [(tuple(grid), total) for grid, total in zip(grids, sums, strict=True)]
     found = [cache.lookup(key, chunk) for key, chunk in zip(keys, chunks, strict=True)]
-    missing: dict[int, int] = {}  # image -> first image in this call with the same pixels and no cached features
+    firsts: list[int] = []  # the images the tower computes: the first of each set of equal uncached images
+    missing: dict[int, int] = {}  # uncached image -> its first
     for index, features in enumerate(found):
         if features is None:
-            same = (j for j in missing.values() if keys[j] == keys[index] and torch.equal(chunks[j], chunks[index]))
+            same = (j for j in firsts if keys[j] == keys[index] and torch.equal(chunks[j], chunks[index]))
             missing[index] = next(same, index)
-    firsts = sorted(set(missing.values()))
+            if missing[index] == index:
+                firsts.append(index)
     if firsts:
         output = compute(self, torch.cat([chunks[j] for j in firsts]), image_grid_thw[firsts], **kwargs)
         for j, features in zip(firsts, output.pooler_output, strict=True):
