@@ -3,8 +3,8 @@
 The paper's pipeline in miniature. The start is the "base" smoke model (`from_pretrained("base")`): the taught
 architecture's hand-set perception and routing, taught only to write `<answer>X.YZ</answer>` with numbers that
 follow the image but not its quality, so its answers parse but its held-out SRCC is near 0. It is trained the
-official way (train/recipes/base_cpu.yaml): the model writes its whole answer, G=8 two-decimal answers are sampled
-per image, the fidelity reward ranks the parsed numbers within each batch of 8 images, plus the format reward; the
+official way (train/recipes/base_cpu.yaml): the model writes its whole answer, G=4 two-decimal answers are sampled
+per image, the fidelity reward ranks the parsed numbers within each step's 24 images, plus the format reward; the
 vision tower is frozen (it is set by hand). `--model tiny` runs the old contrast instead: the tiny random model with
 train/recipes/tiny_cpu.yaml (one digit after a forced `<answer>`).
 
@@ -159,12 +159,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--procedural", type=int, default=600, help="procedural training images (x2 variants)")
     parser.add_argument("--curve-every", type=float, default=90.0, help="seconds between held-out evaluations")
     parser.add_argument("--max-steps", type=int, default=0, help="N: the lr decays to 0 by a cosine over N steps; "
-                        "0: the recipe's schedule (base: cosine over 1200 steps, about 20 minutes here)")  # fmt: skip
+                        "0: the recipe's schedule (base: cosine over 800 steps, about 20 minutes here)")  # fmt: skip
     parser.add_argument("--constant-lr", action="store_true", help="the recipe's lr, constant until --minutes")
     parser.add_argument("--parse-images", type=int, default=128, help="held-out images whose answers are sampled")
     parser.add_argument("--held-out-crops", type=int, nargs=2, default=[4, 3], metavar=("UNSEEN", "RIGHT"),
                         help="crops per unseen photo, and right-half crops per training photo")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="draws the crops and procedural images (both splits)")
+    parser.add_argument("--train-seed", type=int, default=None, help="the trainer's seed (batch order, sampled "
+                        "answers; default: --seed): repeat a run on the same images")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="a few images, darken and blur, 2 steps (tests)")
     args, trainer_args = parser.parse_known_args(argv)  # the rest go to the trainer, e.g. --learning_rate 1e-3
     if args.quick:
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
         ["--config", str(REPO / "train" / "recipes" / RECIPES[args.model]), "--model_name_or_path", checkpoint,
          "--train_files", str(out / "data" / "train.jsonl"), "--output_dir", str(out / "model"),
          *schedule,
-         "--seed", str(args.seed), *trainer_args],
+         "--seed", str(args.seed if args.train_seed is None else args.train_seed), *trainer_args],
         callbacks=[curve],
     )  # fmt: skip
     train_minutes = curve.trained / 60
