@@ -2,6 +2,7 @@
 an address as onto a real cluster, score the Q-Insight style exactly like in-process."""
 
 import io
+import os
 import pickle
 import shutil
 import tempfile
@@ -17,7 +18,7 @@ pytest.importorskip("ray.serve")
 
 
 @pytest.mark.slow
-def test_two_replicas_on_two_nodes_score_qinsight_like_in_process(tiny_path):
+def test_two_replicas_on_two_nodes_score_qinsight_like_in_process(tiny_path, monkeypatch):
     """A second Ray "node" on this machine (ray.cluster_utils.Cluster), one replica per node, deployed through
     --address as onto a real cluster; the Q-Insight prompt style."""
     from ray import serve
@@ -27,6 +28,10 @@ def test_two_replicas_on_two_nodes_score_qinsight_like_in_process(tiny_path):
     from vq_reward.serving.ray_app import ServeConfig
 
     folder = tempfile.mkdtemp(prefix="vqr-ray-")  # short: Ray's socket paths live inside it
+    # Cluster writes the head's address into $RAY_TMPDIR/ray whatever temp_dir says; keep it here, not in a
+    # /tmp/ray that may not exist on a fresh machine (FileNotFoundError there) or may belong to another Ray.
+    monkeypatch.setenv("RAY_TMPDIR", folder)
+    os.makedirs(os.path.join(folder, "ray"))
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
                                                             "temp_dir": folder})  # fmt: skip
     cluster.add_node(num_cpus=1, temp_dir=folder)
