@@ -79,7 +79,8 @@ def test_the_base_recipe_trains_the_official_way():
     script, training, model = parse_args(["--config", "train/recipes/base_cpu.yaml", "--report_to", "none"])
     assert model.model_name_or_path == "base" and script.freeze_vision  # the hand-set perception is kept
     assert not script.digit_only and not script.force_answer_prefix and not script.thinking  # whole answers sampled
-    assert script.reward_funcs == ["fidelity", "format"] and training.num_generations >= 2  # sampled in groups
+    assert script.reward_funcs == ["fidelity", "format"]
+    assert training.num_generations == 4 and training.per_device_train_batch_size == 24 * 4  # 24 images x G=4
     assert training.max_completion_length >= 10  # <answer>X.YZ</answer><|im_end|>
     assert training.save_strategy == "steps"  # resumable
 
